@@ -1,5 +1,5 @@
-"""Product-key retrieval and the weighted value read (embedding bag): the one entry point that
-memory layers call and that later Pallas kernels plug into through ``implementation=``.
+"""Product-key retrieval (PKM's additive two-stage top-k): the entry point that memory layers call
+and that Pallas kernels plug into through ``implementation=``.
 
 Product-key top-k (PKM, Lample et al. 2019). A head's key set is the Cartesian product of two
 sub-key codebooks k1, k2 [n_sub, Dk/2], so slot (i, j), flat index i * n_sub + j, has the
@@ -15,37 +15,20 @@ k_s = n_sub (nothing is pruned). k_s < topk <= k_s^2 is allowed (UltraMemV2 caps
 128 below its TopM) but then returns the top-topk of the candidate grid: an approximation whose
 first k_s entries are still the exact global ones.
 
-Weighted value sum (embedding bag with per-sample weights):
-
-    out[..., :] = sum_k weights[..., k] * values[indices[..., k], :]
-
-The XLA implementation gathers with ``jnp.take`` (whose transpose, the gradient to ``values``,
-is XLA's scatter-add) and accumulates in at least float32. Indices outside [0, N) read a zero
-row and receive no gradient (a "pad slot", as sharded / padded kernels will need).
+The value read that follows lives in ``seedjax.ops.embedding_bag``.
 
 Shapes:
     product_key_topk: q1, q2 [..., H, Dk/2]; k1, k2 [H, n_sub, Dk/2]
                       -> scores [..., H, topk] (float, descending), indices [..., H, topk] int32
-    weighted_value_sum: values [N, Dv]; indices, weights [..., K] -> [..., Dv] (values.dtype)
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("xla",)
-_INT32_MAX = 2**31 - 1
-
-
-def _check_implementation(fn: str, implementation: str) -> None:
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"{fn}: implementation={implementation!r} is unknown; allowed: "
-                         f"{IMPLEMENTATIONS}")
-
-
-def _score_dtype(*xs) -> jnp.dtype:
-    """float32 at least (bf16 inputs score in f32; float64 stays float64 under x64)."""
-    return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
+from seedjax.ops.common import INT32_MAX as _INT32_MAX
+from seedjax.ops.common import check_implementation as _check_implementation
+from seedjax.ops.common import score_dtype as _score_dtype
 
 
 def check_product_key_args(q_shape, k_shape, *, topk_side: int, topk: int) -> None:
@@ -113,32 +96,3 @@ def _product_key_topk_xla(q1, q2, k1, k2, *, topk_side: int, topk: int):
     col = jnp.take_along_axis(i2, flat % topk_side, axis=-1)
     indices = (row * n_sub + col).astype(jnp.int32)
     return scores.reshape(*lead, heads, topk), indices.reshape(*lead, heads, topk)
-
-
-def weighted_value_sum(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
-                       implementation: str = "xla") -> jax.Array:
-    """``out[..., :] = sum_k weights[..., k] * values[indices[..., k], :]`` -> [..., Dv].
-
-    values [N, Dv]; indices (integer) and weights [..., K] of equal shape. Duplicate indices
-    add up; indices outside [0, N) contribute zero. Accumulates in float32 (or wider) and
-    returns ``values.dtype``.
-    """
-    _check_implementation("weighted_value_sum", implementation)
-    if values.ndim != 2:
-        raise ValueError(f"weighted_value_sum: values must be [N, Dv], got shape {values.shape}")
-    if indices.shape != weights.shape:
-        raise ValueError(f"weighted_value_sum: indices shape {indices.shape} != weights shape "
-                         f"{weights.shape}")
-    if indices.ndim < 1:
-        raise ValueError("weighted_value_sum: indices must be [..., K] with at least one dim")
-    if not jnp.issubdtype(indices.dtype, jnp.integer):
-        raise ValueError(f"weighted_value_sum: indices must be integers, got {indices.dtype}")
-    return _weighted_value_sum_xla(values, indices, weights)
-
-
-def _weighted_value_sum_xla(values, indices, weights):
-    acc = _score_dtype(values, weights)
-    rows = jnp.take(values, indices, axis=0, mode="fill", fill_value=0)   # [..., K, Dv]
-    out = jnp.einsum("...k,...kd->...d", weights.astype(acc), rows.astype(acc),
-                     preferred_element_type=acc)
-    return out.astype(values.dtype)

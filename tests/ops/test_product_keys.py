@@ -191,7 +191,7 @@ def test_errors_name_the_argument():
     values, idx, w = (jnp.asarray(a) for a in _bag_inputs(0))
     with pytest.raises(ValueError, match="indices shape"):
         weighted_value_sum(values, idx, w[..., :3])
-    with pytest.raises(ValueError, match=r"values must be \[N, Dv\]"):
+    with pytest.raises(ValueError, match=r"table must be \[N, D\]"):
         weighted_value_sum(values[0], idx, w)
     with pytest.raises(ValueError, match="indices must be integers"):
         weighted_value_sum(values, idx.astype(jnp.float32), w)
