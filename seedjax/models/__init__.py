@@ -4,3 +4,4 @@ from seedjax.models.lm import LM, LMOutput
 from seedjax.models.registry import lookup, names, register
 
 __all__ = ["LMConfig", "LM", "LMOutput", "lookup", "names", "register"]
+from seedjax.models import moe_factories  # noqa: F401,E402
