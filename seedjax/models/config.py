@@ -45,6 +45,12 @@ class LMConfig:
     connection_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     head: str = "tied"
     head_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # memory layers beside the blocks (seedjax.models.memory_placement): registry name, kwargs,
+    # placement "every" (one per block, parallel to its FFN) or "k:v/k:v" (read the normalised
+    # FFN input of block k, add the output after block v; k == v is parallel to block k's FFN)
+    memory: str = "none"
+    memory_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    memory_layers: str = ""
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "max_seq_len"):
@@ -61,6 +67,11 @@ class LMConfig:
         if self.resolved_head_dim % 2:
             raise ValueError(f"head dim {self.resolved_head_dim} must be even for RoPE "
                              "(model.d_model / model.n_heads or model.head_dim)")
+        if self.memory != "none":
+            self.memory_pairs  # validates the placement
+        elif self.memory_layers:
+            raise ValueError(f"model.memory_layers={self.memory_layers!r} needs model.memory set "
+                             "(it is 'none')")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
 
@@ -74,6 +85,14 @@ class LMConfig:
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def memory_pairs(self) -> tuple[tuple[int, int], ...]:
+        """Memory placement as (k, v) block pairs, one per memory unit (empty if no memory)."""
+        if self.memory == "none":
+            return ()
+        from seedjax.models.memory_placement import parse_memory_layers
+        return parse_memory_layers(self.memory_layers, self.n_layers)
 
     @property
     def compute_dtype(self):

@@ -5,6 +5,11 @@ Block l (sublayers 2l and 2l+1):
     h, c = ffn_conn.read(H);   y, aux = ffn(norm(h));      H = ffn_conn.write(y, c)
 LM: H = expand(embed(tokens)); blocks; logits = head(final_norm(reduce(H)), embed).
 
+Memory layers (``model.memory`` + ``model.memory_layers``, see ``memory_placement.py``): a unit
+parallel to block l's FFN adds ``memory(norm(h), tables)`` to y before the write; a skip unit
+(k:v, v > k) reads block k's ``norm(h)`` and is added to H after block v. ``tables`` are the
+LM-level shared tables of the memory factory (UltraMemV2 sharing), or None.
+
 Shapes: tokens int [B, T] (T <= max_seq_len) -> logits float32 [B, T, V].
 With ``scan_layers=True`` the blocks' parameters are stacked along a leading "layers" axis and
 applied with ``jax.lax.scan`` (faster compiles; needs structurally identical blocks).
@@ -50,33 +55,67 @@ def _split_aux(out) -> tuple[jax.Array, dict]:
     return out if isinstance(out, tuple) else (out, {})
 
 
+def _add_aux(total: dict, aux: dict) -> dict:
+    out = dict(total)
+    for k, v in aux.items():
+        out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def build_memory(cfg: LMConfig, unit: int, *, rngs: nnx.Rngs):
+    """Memory unit ``unit`` of ``cfg.memory_pairs`` from the ``memory`` registry."""
+    factory = lookup("memory", cfg.memory)
+    extra = dict(cfg.memory_kwargs)
+    try:
+        return factory(cfg, unit, len(cfg.memory_pairs), rngs=rngs, **extra)
+    except TypeError as e:
+        raise ValueError(f"model.memory_kwargs={extra} not accepted by memory "
+                         f"{cfg.memory!r}: {e}") from e
+
+
+def call_memory(memory, x, tables, unit):
+    """Units read shared tables as ``memory(x, tables, layer=unit)`` (unit may be traced)."""
+    return _split_aux(memory(x) if tables is None else memory(x, tables, layer=unit))
+
+
 class Block(nnx.Module):
     """One transformer block: mixer sublayer then FFN sublayer, each wrapped by a connection."""
 
-    def __init__(self, cfg: LMConfig, layer_idx: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: LMConfig, layer_idx: int, *, rngs: nnx.Rngs,
+                 memory_unit: int | None = None):
         self.attn_norm = build("norm", cfg, cfg.d_model, rngs=rngs)
         self.attn = build("mixer", cfg, layer_idx, rngs=rngs)
         self.attn_conn = build("connection", cfg, 2 * layer_idx, rngs=rngs)
         self.ffn_norm = build("norm", cfg, cfg.d_model, rngs=rngs)
         self.ffn = build("ffn", cfg, layer_idx, rngs=rngs)
         self.ffn_conn = build("connection", cfg, 2 * layer_idx + 1, rngs=rngs)
+        self.memory = None if memory_unit is None else build_memory(cfg, memory_unit, rngs=rngs)
+        # the unit index is passed at call time (not stored) so scanned blocks stay identical
 
-    def __call__(self, H, *, positions=None, cache=None, record=False):
+    def __call__(self, H, *, positions=None, cache=None, record=False, memory_tables=None,
+                 memory_unit=None, tap=False):
         """-> (H, cache, aux_losses, record) where ``record`` (if requested) holds the residual
         state entering each sublayer ``streams`` [2, B, T, ...] and the branch inputs before
-        the block norm ``branch_inputs`` [2, B, T, d] (for connection diagnostics)."""
+        the block norm ``branch_inputs`` [2, B, T, d] (for connection diagnostics); with
+        ``tap`` it also holds ``ffn_input`` [B, T, d], the normalised FFN input."""
         H_attn = H
         h_attn, ctx = self.attn_conn.read(H)
         y, cache = self.attn(self.attn_norm(h_attn), positions=positions, cache=cache)
         H = self.attn_conn.write(y, ctx)
         H_ffn = H
         h_ffn, ctx = self.ffn_conn.read(H)
-        y, aux = _split_aux(self.ffn(self.ffn_norm(h_ffn)))
+        x_ffn = self.ffn_norm(h_ffn)
+        y, aux = _split_aux(self.ffn(x_ffn))
+        if self.memory is not None:
+            y_mem, aux_mem = call_memory(self.memory, x_ffn, memory_tables, memory_unit)
+            y, aux = y + y_mem.astype(y.dtype), _add_aux(aux, aux_mem)
         H = self.ffn_conn.write(y, ctx)
         rec = None
         if record:
             rec = {"streams": jnp.stack([H_attn, H_ffn]),
                    "branch_inputs": jnp.stack([h_attn, h_ffn])}
+        if tap:
+            rec = {**(rec or {}), "ffn_input": x_ffn}
         return H, cache, aux, rec
 
 
@@ -98,7 +137,18 @@ class LayerStack(nnx.Module):
 
     def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs):
         self.scan, self.remat, self.n_layers = cfg.scan_layers, cfg.remat, cfg.n_layers
-        blocks = [Block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)]
+        pairs = cfg.memory_pairs
+        parallel = {k: u for u, (k, v) in enumerate(pairs) if k == v}
+        self.parallel_units = tuple(parallel.get(i) for i in range(cfg.n_layers))
+        self.skip_pairs = tuple((k, v, u) for u, (k, v) in enumerate(pairs) if v > k)
+        if self.skip_pairs and (self.scan or cfg.connection != "residual"):
+            raise ValueError(f"model.memory_layers={cfg.memory_layers!r} has skip pairs (v > k), "
+                             "which need model.scan_layers=False and model.connection='residual' "
+                             f"(got scan_layers={cfg.scan_layers}, connection={cfg.connection!r})")
+        blocks = [Block(cfg, i, rngs=rngs, memory_unit=parallel.get(i))
+                  for i in range(cfg.n_layers)]
+        self.skip_memories = nnx.List([build_memory(cfg, u, rngs=rngs)
+                                       for _, _, u in self.skip_pairs])
         if not self.scan:
             self.blocks = nnx.List(blocks)
             return
@@ -110,39 +160,56 @@ class LayerStack(nnx.Module):
         self.graphdef = graphdef
         self.stacked = nnx.data(_stack_variables([s for _, s in splits]))
 
-    def _apply(self, graphdef, state, H, positions, cache, record):
+    def _apply(self, graphdef, state, H, positions, cache, record, tables=None, unit=None,
+               tap=False):
         def run(state, H, cache):
-            return nnx.merge(graphdef, state)(H, positions=positions, cache=cache, record=record)
+            return nnx.merge(graphdef, state)(H, positions=positions, cache=cache, record=record,
+                                              memory_tables=tables, memory_unit=unit, tap=tap)
         return (jax.checkpoint(run) if self.remat else run)(state, H, cache)
 
-    def __call__(self, H, *, positions=None, cache=None, return_intermediates=False):
+    def __call__(self, H, *, positions=None, cache=None, return_intermediates=False,
+                 memory_tables=None):
         """-> (H, caches, summed aux losses, intermediates). Intermediates (on request):
         ``layer_outputs`` [L, B, T, ...], ``streams`` [L, 2, B, T, ...] (state entering each
         sublayer) and ``branch_inputs`` [L, 2, B, T, d]."""
         rec = return_intermediates
         if not self.scan:
             aux_total: dict = {}
-            new_caches, records = [], []
+            new_caches, records, taps = [], [], {}
+            tap_blocks = {k for k, _, _ in self.skip_pairs}
             for i, block in enumerate(self.blocks):
                 c = None if cache is None else cache[i]
+                tap = i in tap_blocks
                 if self.remat:
                     gd, st = nnx.split(block)
-                    H, c, aux, r = self._apply(gd, st, H, positions, c, rec)
+                    H, c, aux, r = self._apply(gd, st, H, positions, c, rec, memory_tables,
+                                               self.parallel_units[i], tap)
                 else:
-                    H, c, aux, r = block(H, positions=positions, cache=c, record=rec)
+                    H, c, aux, r = block(H, positions=positions, cache=c, record=rec,
+                                         memory_tables=memory_tables,
+                                         memory_unit=self.parallel_units[i], tap=tap)
+                if tap:
+                    r = dict(r)
+                    taps[i] = r.pop("ffn_input")
+                for (k, v, u), memory in zip(self.skip_pairs, self.skip_memories):
+                    if v == i:
+                        y_mem, aux_mem = call_memory(memory, taps[k], memory_tables, u)
+                        H = H + y_mem.astype(H.dtype)
+                        aux = _add_aux(aux, aux_mem)
                 new_caches.append(c)
                 records.append({**r, "layer_outputs": H} if rec else None)
-                for k, v in aux.items():
-                    aux_total[k] = aux_total.get(k, 0.0) + v
+                aux_total = _add_aux(aux_total, aux)
             inter = jax.tree.map(lambda *xs: jnp.stack(xs), *records) if rec else None
             return H, (None if cache is None else new_caches), aux_total, inter
 
         def body(H, xs):
-            state, c = xs
-            H, c, aux, r = self._apply(self.graphdef, state, H, positions, c, rec)
+            state, c, unit = xs        # scanned blocks all have a memory unit or none
+            H, c, aux, r = self._apply(self.graphdef, state, H, positions, c, rec, memory_tables,
+                                       unit)
             return H, (c, aux, {**r, "layer_outputs": H} if rec else None)
 
-        H, (new_cache, aux, inter) = jax.lax.scan(body, H, (self.stacked, cache))
+        units = jnp.arange(self.n_layers, dtype=jnp.int32)
+        H, (new_cache, aux, inter) = jax.lax.scan(body, H, (self.stacked, cache, units))
         aux_total = {k: jnp.sum(v) for k, v in aux.items()}
         return H, new_cache, aux_total, inter
 
@@ -155,6 +222,11 @@ class LM(nnx.Module):
         self.connection = lookup("connection", cfg.connection)
         self.embed = build("embed", cfg, rngs=rngs)
         self.layers = LayerStack(cfg, rngs=rngs)
+        shared = (getattr(lookup("memory", cfg.memory), "shared_tables", None)
+                  if cfg.memory != "none" else None)
+        self.memory_tables = (None if shared is None else
+                              shared(cfg, len(cfg.memory_pairs), rngs=rngs,
+                                     **dict(cfg.memory_kwargs)))
         self.final_norm = build("norm", cfg, cfg.d_model, rngs=rngs)
         self.head = build("head", cfg, rngs=rngs)
 
@@ -180,8 +252,10 @@ class LM(nnx.Module):
                              f"{cfg.max_seq_len}")
         x = constrain(self.embed(tokens), ("batch", "length", "embed"))
         H = self.connection.expand(x, cfg)
+        tables = None if self.memory_tables is None else self.memory_tables()
         H, cache, aux, inter = self.layers(H, positions=positions, cache=cache,
-                                           return_intermediates=return_intermediates)
+                                           return_intermediates=return_intermediates,
+                                           memory_tables=tables)
         x = self.final_norm(self.connection.reduce(H, cfg))
         logits, head_aux = _split_aux(self.head(x, self.embed))
         aux = {**aux, **head_aux}

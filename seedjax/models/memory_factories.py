@@ -1,4 +1,6 @@
-"""Registry entries for memory layers used as the LM's FFN sublayer.
+"""Registry entries for memory layers: as the LM's FFN sublayer (``model.ffn="pkm"``) and as
+memory units beside the blocks (``model.memory`` = "pkm" | "ultramem" | "ultramem_v2" with
+``model.memory_layers``, see ``seedjax.models.memory_placement``).
 
 ``model.ffn = "pkm"``: product-key memory (``seedjax.nn.memory.ProductKeyMemory``) in place of
 the FFN of every block (it reads the block's pre-norm FFN input and writes through the
@@ -35,7 +37,8 @@ from flax import nnx
 from seedjax.models.config import LMConfig
 from seedjax.models.factories import branch_out_init_std
 from seedjax.models.registry import register
-from seedjax.nn.memory import PKMConfig, ProductKeyMemory
+from seedjax.nn.memory import (PKMConfig, ProductKeyMemory, SharedValueTables, UltraMem,
+                               UltraMemConfig, UltraMemV2, UltraMemV2Config, shared_value_std)
 
 
 @register("ffn", "pkm")
@@ -50,3 +53,58 @@ def _pkm_flops(cfg: LMConfig) -> dict[str, int]:
 
 
 pkm.flops_per_token = _pkm_flops  # read by seedjax.train.flops
+
+
+# ---- memory units beside the blocks (model.memory + model.memory_layers) --------------------
+
+
+@register("memory", "pkm")
+def pkm_unit(cfg: LMConfig, unit: int, n_units: int, *, rngs: nnx.Rngs, **kwargs):
+    """PKM as a memory unit (kwargs: the ``PKMConfig`` fields except d_model)."""
+    return pkm(cfg, unit, rngs=rngs, **kwargs)
+
+
+pkm_unit.flops_per_token = lambda cfg: PKMConfig(
+    d_model=cfg.d_model, **dict(cfg.memory_kwargs)).forward_flops_per_token()
+
+
+@register("memory", "ultramem")
+def ultramem_unit(cfg: LMConfig, unit: int, n_units: int, *, rngs: nnx.Rngs, **kwargs):
+    """UltraMem unit; kwargs: the ``UltraMemConfig`` fields except d_model (``n_layers`` of
+    the "paper" value init defaults to the LM's n_layers)."""
+    kwargs.setdefault("n_layers", cfg.n_layers)
+    return UltraMem(UltraMemConfig(d_model=cfg.d_model, **kwargs), dtype=cfg.compute_dtype,
+                    rngs=rngs)
+
+
+ultramem_unit.flops_per_token = lambda cfg: UltraMemConfig(
+    d_model=cfg.d_model, **dict(cfg.memory_kwargs)).forward_flops_per_token()
+
+
+def _v2_config(cfg: LMConfig, n_units: int, kwargs) -> UltraMemV2Config:
+    """The unit's config; ``layer`` stays 0 (the LM passes the unit index at call time, so
+    every unit has the same static structure and the blocks can be scanned)."""
+    kwargs = dict(kwargs)
+    kwargs.setdefault("ffn_dim", dict(cfg.ffn_kwargs).get("mlp_dim", cfg.mlp_dim))
+    return UltraMemV2Config(d_model=cfg.d_model, layer=0, n_layers=n_units, **kwargs)
+
+
+@register("memory", "ultramem_v2")
+def ultramem_v2_unit(cfg: LMConfig, unit: int, n_units: int, *, rngs: nnx.Rngs, **kwargs):
+    """UltraMemV2 unit (use ``memory_layers="every"``); kwargs: the ``UltraMemV2Config`` fields
+    except d_model, layer and n_layers (set from the placement); ``ffn_dim`` defaults to the
+    LM's FFN inner dim (eq. 26)."""
+    return UltraMemV2(_v2_config(cfg, n_units, kwargs), dtype=cfg.compute_dtype,
+                      rngs=rngs)
+
+
+def _v2_shared_tables(cfg: LMConfig, n_units: int, *, rngs: nnx.Rngs, **kwargs):
+    c = _v2_config(cfg, n_units, kwargs)
+    if c.sharing == "none":
+        return None
+    return SharedValueTables(c, value_std=shared_value_std(c), rngs=rngs)
+
+
+ultramem_v2_unit.shared_tables = _v2_shared_tables
+ultramem_v2_unit.flops_per_token = lambda cfg: _v2_config(
+    cfg, max(len(cfg.memory_pairs), 1), cfg.memory_kwargs).forward_flops_per_token()

@@ -11,6 +11,10 @@ Kinds and factory signatures (``cfg`` is an ``LMConfig``; ``kw`` its ``<kind>_kw
   ``read``/``write``) and ``expand(x, cfg)`` / ``reduce(H, cfg)`` (see ``seedjax.nn.connections``);
   optionally ``out_init_scale(cfg) -> float`` multiplying the branch output projections' init std
 * ``head``:       ``f(cfg, *, rngs, **kw) -> module(x, embed) -> logits`` or ``(logits, aux_losses)``
+* ``memory``:     ``f(cfg, unit_idx, n_units, *, rngs, **kw) -> module(x, tables) -> y`` or
+  ``(y, aux_losses)`` (a memory unit beside the blocks, see ``cfg.memory_layers``); optionally
+  ``f.shared_tables(cfg, n_units, *, rngs, **kw) -> module() -> tables | None`` (tables read by
+  every unit, e.g. UltraMemV2's shared values) and ``f.flops_per_token(cfg)`` (per unit)
 
 Register with ``@register("ffn", "my_ffn")``; the config selects it with ``model.ffn = "my_ffn"``.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-KINDS = ("embed", "norm", "mixer", "ffn", "connection", "head")
+KINDS = ("embed", "norm", "mixer", "ffn", "connection", "head", "memory")
 _REGISTRY: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
 
 

@@ -26,14 +26,22 @@ def lm_forward_flops_per_token(cfg: LMConfig, seq_len: int) -> dict[str, float]:
     }
     if cfg.ffn == "swiglu":
         out["mlp"] = L * 2 * 3 * d * cfg.ffn_kwargs.get("mlp_dim", cfg.mlp_dim)
-        return out
-    ffn_flops = getattr(lookup("ffn", cfg.ffn), "flops_per_token", None)
-    if ffn_flops is None:
-        raise ValueError(f"no FLOP formula for model.ffn={cfg.ffn!r}: give its factory a "
-                         "flops_per_token(cfg) attribute (see seedjax/models/registry.py)")
-    for part, flops in ffn_flops(cfg).items():
-        out[part] = L * flops
+    else:
+        for part, flops in _factory_flops("ffn", cfg.ffn, cfg).items():
+            out[part] = L * flops
+    if cfg.memory != "none":
+        n_units = len(cfg.memory_pairs)
+        for part, flops in _factory_flops("memory", cfg.memory, cfg).items():
+            out[part] = out.get(part, 0) + n_units * flops
     return out
+
+
+def _factory_flops(kind: str, name: str, cfg: LMConfig) -> dict[str, float]:
+    flops = getattr(lookup(kind, name), "flops_per_token", None)
+    if flops is None:
+        raise ValueError(f"no FLOP formula for model.{kind}={name!r}: give its factory a "
+                         "flops_per_token(cfg) attribute (see seedjax/models/registry.py)")
+    return flops(cfg)
 
 
 def lm_train_flops_per_token(cfg: LMConfig, seq_len: int) -> float:
