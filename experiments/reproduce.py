@@ -8,7 +8,9 @@ The config file defines ``get_config(variant)`` (the base run) and ``get_sweep(v
 (row, seed) trains in ``--workroot/<paper>/<row>/s<seed>`` (itself resumable from checkpoints) and
 writes ``<out>/runs/<row>__s<seed>.json``; rows whose result file exists are skipped, so a sweep
 killed at the end of a session continues in the next one. After the runs, ``<out>/table.md`` and
-``<out>/val_loss.png`` / ``<out>/curves.png`` summarise mean and spread over seeds.
+``<out>/val_loss.png`` / ``<out>/curves.png`` summarise mean and spread over seeds. A config with a
+``task_eval`` block (configs/memory_tasks.py) also gets held-out memory-task accuracy per run
+(result key ``tasks``; seedjax.eval.task_scoring) and a task-accuracy table.
 """
 from __future__ import annotations
 
@@ -62,7 +64,13 @@ def run_one(base, row: dict, seed: int, workdir: str) -> dict:
     from seedjax.train.metrics import read_metrics
     rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     curve = lambda split: [[r["step"], r["loss"]] for r in rows if r["split"] == split]
-    return {"row": row["name"], "seed": seed, "status": summary["status"],
+    extra = {}
+    if summary["status"] == "completed" and "task_eval" in cfg:  # memory-task accuracy hook
+        import jax
+        from seedjax.eval.task_scoring import evaluate_config
+        model = trainer.mdef.merge(jax.device_get(trainer.state["params"]))
+        extra["tasks"] = evaluate_config(model, cfg)
+    return {**extra, "row": row["name"], "seed": seed, "status": summary["status"],
             "step": summary["step"], "params": summary["n_params"],
             "val_loss": summary["val"]["loss"], "val_bpb": summary["val"]["bits_per_byte"],
             "train_loss": train.get("loss"), "step_time_s": train.get("step_time_s"),
@@ -108,6 +116,16 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list)
         lines.append(f"| {r.get('group', '')} | {r['name']} | {r.get('paper', '')} | "
                      f"{m:.4f} ± {s:.4f} ({n}) | {m - base_mean:+.4f} | {bpb:.4f} | {st:.3f} | "
                      f"{params / 1e6:.2f}M | {div} |")
+    task_names = sorted({t for x in results for t in (x.get("tasks") or {})})
+    if task_names:  # runs of configs with a task_eval block (see seedjax.eval.task_scoring)
+        lines += ["", "Held-out memory-task token accuracy (teacher-forced greedy; mean ± std, "
+                  "n):", "", "| row | " + " | ".join(task_names) + " |",
+                  "|---" * (len(task_names) + 1) + "|"]
+        for r in rows:
+            accs = [_stats([(x.get("tasks") or {}).get(t, {}).get("token_acc")
+                            for x in by_row[r["name"]]]) for t in task_names]
+            lines.append(f"| {r['name']} | " + " | ".join(
+                f"{m:.3f} ± {s:.3f} ({n})" if n else "" for m, s, n in accs) + " |")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -10,7 +10,9 @@ boundary token, so every (input, target) pair of the stream occurs in exactly
 one window and no target token is wasted; the stream's tail shorter than a
 window is dropped. A window gives ``inputs = window[:-1]`` and
 ``targets = window[1:]``. Documents are packed across ``eos`` boundaries (no
-attention reset).
+attention reset). ``source="task:..."`` streams synthetic memory-task episodes
+instead of a text corpus (``seedjax.data.synthetic``: block-aligned, so a
+window never cuts an episode).
 
 Every batch is a dict of ``int32`` arrays
 ``{"inputs": [B_local, T], "targets": [B_local, T]}`` with
@@ -53,6 +55,7 @@ import copy
 import numpy as np
 
 from seedjax.data.sources import Corpus, get_corpus, token_streams
+from seedjax.data.synthetic import is_task_source, task_streams
 from seedjax.data.tokenizers import ByteTokenizer
 from seedjax.validation import check_int
 
@@ -199,8 +202,12 @@ def build_lm_data(*, source: str = "stdlib", seq_len: int, batch_size: int,
     local_bs = batch_size // process_count
 
     tokenizer = ByteTokenizer()
-    corpus = get_corpus(source, val_fraction)
-    train_tok, val_tok = token_streams(corpus, tokenizer)
+    if is_task_source(source):
+        corpus, train_tok, val_tok = task_streams(
+            source, seq_len=seq_len, seed=seed, val_fraction=val_fraction, tokenizer=tokenizer)
+    else:
+        corpus = get_corpus(source, val_fraction)
+        train_tok, val_tok = token_streams(corpus, tokenizer)
     n_train = max(len(train_tok) - 1, 0) // seq_len
     n_val = max(len(val_tok) - 1, 0) // seq_len
     for split, n, toks in (("train", n_train, train_tok), ("val", n_val, val_tok)):

@@ -1,0 +1,369 @@
+"""Memory-intensive synthetic tasks: seeded, NumPy-only generators of byte-token episodes.
+
+Proxies for UltraMemV2's memory evaluations (Table 2: long-context memorisation, multi-round
+memorisation, in-context learning; those suites are not public). Every episode is printable
+ASCII, so ``ByteTokenizer().decode(ep.tokens)`` is readable, and every answer is recoverable
+from the episode's own earlier text.
+
+Tasks (``TASKS``: name -> frozen config dataclass; examples with small sizes):
+
+* ``mqar`` (``MQARConfig``) -- multi-query associative recall; proxies long-context
+  memorisation. ``n_pairs`` distinct lowercase keys with random values, ``" |"``, then
+  ``n_queries`` distinct keys from the context, each followed by its value (scored)::
+
+      kq:37 fz:02 ab:91 | ab:91 kq:37
+
+* ``multi_round`` (``MultiRoundConfig``) -- multi-round recall; proxies multi-round
+  memorisation. One line per round stating ``facts_per_round`` new ``name=value`` facts (names
+  unique in the episode); from round ``min_lag + 1`` on, the line ends with a question
+  ``? name=value`` about a fact stated at least ``min_lag`` rounds earlier (scored value)::
+
+      tom=48 ann=15
+      pat=31 kim=07 ? tom=48
+      bob=22 eve=90 ? ann=15
+
+* ``icl`` (``ICLConfig``) -- in-context learning of a random bijection ``f`` of the first
+  ``n_symbols`` uppercase letters, drawn per episode; proxies in-context learning.
+  ``n_demos`` demonstrations ``x->f(x)`` cover every symbol except ``n_unseen`` withheld ones,
+  then ``" |"`` and queries ``x->f(x)``: ``n_queries`` of demonstrated ``x`` (scored) and
+  ``n_unseen_queries`` of withheld ``x`` (the control: ``f(x)`` is not inferable; a model that
+  knows ``f`` is a bijection can at best pick among the outputs not yet shown, so its accuracy
+  is at most ``1 / (n_unseen - i)`` for the ``i``-th control query)::
+
+      C->K D->A F->F C->K | D->A B->J
+
+Episode arrays (``Episode``; ``generate_episodes`` stacks N episodes along a leading axis):
+
+* ``tokens`` int32 [T]: the episode's bytes (``T == cfg.length``, fixed per config);
+* ``answer_mask`` bool [T]: True exactly on the scored answer tokens themselves. The convention
+  throughout is *answer tokens*: a model scores token ``t`` by its prediction from position
+  ``t - 1`` (answers never start an episode);
+* ``control_mask`` bool [T]: answer tokens of control queries (ICL withheld symbols; otherwise
+  all False), reported separately and never part of the task accuracy;
+* ``query_id`` int32 [T]: index of the query an answer/control token belongs to, -1 elsewhere
+  (for per-query exact match).
+
+Sizes: ``cfg.length`` is exact, ``cfg.check_fits(seq_len)`` raises a ``ValueError`` naming the
+size field when an episode is too long, ``cfg.scaled_to(seq_len)`` picks the largest size that
+fits. Train on the tasks with ``data.source="task:..."`` (``seedjax.data.synthetic``); score a
+model with ``seedjax.eval.task_scoring``.
+
+Determinism: ``generate_episodes(cfg, n, seed, split)`` draws from
+``np.random.default_rng(SeedSequence([seed, SPLITS[split], TASK_CODES[cfg.name]]))`` sequentially,
+so the same arguments give the same episodes, the first ``k`` of ``n`` episodes do not depend on
+``n``, and the ``train``/``val``/``test`` splits use disjoint seed streams.
+"""
+from __future__ import annotations
+
+import dataclasses
+import string
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+
+from seedjax.validation import check_choice, check_int
+
+__all__ = ["Episode", "MQARConfig", "MultiRoundConfig", "ICLConfig", "TASKS", "SPLITS",
+           "TASK_CODES", "make_task", "episode_rng", "generate_episodes"]
+
+CHARSETS = {"digits": string.digits, "lower": string.ascii_lowercase,
+            "upper": string.ascii_uppercase}
+SPLITS = {"train": 1, "val": 2, "test": 3}
+TASK_CODES = {"mqar": 1, "multi_round": 2, "icl": 3}
+_MAX_SIZE = 1024  # upper bound of the size fields (episodes are meant to fit a context window)
+
+
+class Episode(NamedTuple):
+    tokens: np.ndarray        # int32 [T]
+    answer_mask: np.ndarray   # bool [T]: scored answer tokens
+    control_mask: np.ndarray  # bool [T]: control (unscored, reported separately) answer tokens
+    query_id: np.ndarray      # int32 [T]: query index on answer/control tokens, else -1
+
+    @property
+    def text(self) -> str:
+        return self.tokens.astype(np.uint8).tobytes().decode("ascii")
+
+
+def _check_range(field: str, value, lo: int, hi: int) -> int:
+    try:
+        v = check_int(field, value, lo)
+    except ValueError:
+        v = None
+    if v is None or v > hi:
+        raise ValueError(f"{field}={value!r} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+class _Builder:
+    """Accumulates text pieces; answer pieces carry a query id and scored/control flag."""
+
+    def __init__(self):
+        self.pieces: list[tuple[str, int, int]] = []  # (text, query id, 0 text/1 answer/2 control)
+
+    def text(self, s: str) -> None:
+        self.pieces.append((s, -1, 0))
+
+    def answer(self, s: str, qid: int, scored: bool = True) -> None:
+        self.pieces.append((s, qid, 1 if scored else 2))
+
+    def build(self) -> Episode:
+        text = "".join(p for p, _, _ in self.pieces)
+        tokens = np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int32)
+        kind = np.concatenate([np.full(len(p), k, np.int8) for p, _, k in self.pieces])
+        qid = np.concatenate([np.full(len(p), q, np.int32) for p, q, _ in self.pieces])
+        return Episode(tokens, kind == 1, kind == 2, qid)
+
+
+def _random_strings(rng: np.random.Generator, chars: str, n: int, length: int) -> list[str]:
+    idx = rng.integers(0, len(chars), size=(n, length))
+    return ["".join(chars[i] for i in row) for row in idx]
+
+
+def _distinct_strings(rng: np.random.Generator, chars: str, n: int, length: int) -> list[str]:
+    """``n`` distinct random strings of ``length`` chars (sampled without replacement)."""
+    codes = rng.choice(len(chars) ** length, size=n, replace=False)
+    out = []
+    for c in codes:
+        s = []
+        for _ in range(length):
+            c, r = divmod(int(c), len(chars))
+            s.append(chars[r])
+        out.append("".join(s))
+    return out
+
+
+class _TaskConfig:
+    """Shared methods; subclasses define ``name``, ``size_field``, ``length``, ``alphabet``,
+    ``generate``."""
+
+    name: ClassVar[str]
+    size_field: ClassVar[str]  # the field ``scaled_to`` grows or shrinks
+
+    @property
+    def length(self) -> int:  # exact token count of every episode of this config
+        raise NotImplementedError
+
+    @property
+    def alphabet(self) -> str:  # characters an answer token can take
+        raise NotImplementedError
+
+    @property
+    def chance(self) -> float:
+        """Token accuracy of guessing uniformly over the answer alphabet."""
+        return 1.0 / len(self.alphabet)
+
+    def generate(self, rng: np.random.Generator) -> Episode:
+        raise NotImplementedError
+
+    def _fields(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+
+    def check_fits(self, seq_len: int) -> None:
+        """Raises ``ValueError`` if an episode (``self.length`` tokens) exceeds ``seq_len``."""
+        seq_len = check_int("seq_len", seq_len, 1)
+        if self.length > seq_len:
+            raise ValueError(
+                f"task {self.name!r} ({self._fields()}): an episode is {self.length} tokens, more "
+                f"than seq_len={seq_len}; lower {self.name}.{self.size_field} (or the other "
+                f"sizes; {type(self).__name__}.scaled_to(seq_len) finds the largest "
+                f"{self.size_field} that fits) or raise seq_len.")
+
+    def scaled_to(self, seq_len: int):
+        """This config with the largest valid ``size_field`` whose episodes fit ``seq_len``."""
+        seq_len = check_int("seq_len", seq_len, 1)
+        best = None
+        for v in range(1, _MAX_SIZE + 1):  # length grows with the size field
+            try:
+                cfg = dataclasses.replace(self, **{self.size_field: v})
+            except ValueError:
+                continue
+            if cfg.length > seq_len:
+                break
+            best = cfg
+        if best is None:
+            raise ValueError(
+                f"task {self.name!r} ({self._fields()}): no {self.name}.{self.size_field} makes "
+                f"an episode fit seq_len={seq_len}; shrink the other sizes or raise seq_len.")
+        return best
+
+
+@dataclasses.dataclass(frozen=True)
+class MQARConfig(_TaskConfig):
+    """Multi-query associative recall. Length ``(n_pairs + n_queries) * (key_len + value_len
+    + 2) + 2`` tokens."""
+
+    n_pairs: int = 12
+    n_queries: int = 8
+    key_len: int = 2
+    value_len: int = 2
+    value_chars: str = "digits"
+    name: ClassVar[str] = "mqar"
+    size_field: ClassVar[str] = "n_pairs"
+
+    def __post_init__(self):
+        _check_range("mqar.key_len", self.key_len, 1, 3)
+        _check_range("mqar.n_pairs", self.n_pairs, 1, min(26 ** self.key_len, _MAX_SIZE))
+        _check_range("mqar.n_queries", self.n_queries, 1, self.n_pairs)
+        _check_range("mqar.value_len", self.value_len, 1, 4)
+        check_choice("mqar.value_chars", self.value_chars, tuple(CHARSETS))
+
+    @property
+    def length(self) -> int:
+        return (self.n_pairs + self.n_queries) * (self.key_len + self.value_len + 2) + 2
+
+    @property
+    def alphabet(self) -> str:
+        return CHARSETS[self.value_chars]
+
+    def generate(self, rng: np.random.Generator) -> Episode:
+        keys = _distinct_strings(rng, string.ascii_lowercase, self.n_pairs, self.key_len)
+        values = _random_strings(rng, self.alphabet, self.n_pairs, self.value_len)
+        b = _Builder()
+        b.text(" ".join(f"{k}:{v}" for k, v in zip(keys, values)) + " |")
+        for i, j in enumerate(rng.choice(self.n_pairs, size=self.n_queries, replace=False)):
+            b.text(f" {keys[j]}:")
+            b.answer(values[j], i)
+        b.text("\n")
+        return b.build()
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiRoundConfig(_TaskConfig):
+    """Multi-round recall. Length ``n_rounds * facts_per_round * (name_len + value_len + 2)
+    + (n_rounds - min_lag) * (name_len + value_len + 4)`` tokens; ``n_rounds - min_lag``
+    questions."""
+
+    n_rounds: int = 6
+    facts_per_round: int = 2
+    name_len: int = 2
+    value_len: int = 2
+    value_chars: str = "digits"
+    min_lag: int = 1
+    name: ClassVar[str] = "multi_round"
+    size_field: ClassVar[str] = "n_rounds"
+
+    def __post_init__(self):
+        _check_range("multi_round.name_len", self.name_len, 1, 3)
+        _check_range("multi_round.facts_per_round", self.facts_per_round, 1, 16)
+        hi = min(_MAX_SIZE, 26 ** self.name_len // self.facts_per_round)  # names are unique
+        _check_range("multi_round.n_rounds", self.n_rounds, 2, max(hi, 2))
+        if self.n_rounds * self.facts_per_round > 26 ** self.name_len:
+            raise ValueError(
+                f"multi_round.n_rounds * facts_per_round = {self.n_rounds * self.facts_per_round}"
+                f" exceeds the {26 ** self.name_len} distinct names of name_len={self.name_len}")
+        _check_range("multi_round.min_lag", self.min_lag, 1, self.n_rounds - 1)
+        _check_range("multi_round.value_len", self.value_len, 1, 4)
+        check_choice("multi_round.value_chars", self.value_chars, tuple(CHARSETS))
+
+    @property
+    def length(self) -> int:
+        w = self.name_len + self.value_len
+        return (self.n_rounds * self.facts_per_round * (w + 2)
+                + (self.n_rounds - self.min_lag) * (w + 4))
+
+    @property
+    def alphabet(self) -> str:
+        return CHARSETS[self.value_chars]
+
+    def generate(self, rng: np.random.Generator) -> Episode:
+        r_, f_ = self.n_rounds, self.facts_per_round
+        names = _distinct_strings(rng, string.ascii_lowercase, r_ * f_, self.name_len)
+        values = _random_strings(rng, self.alphabet, r_ * f_, self.value_len)
+        asked = np.zeros(r_ * f_, bool)
+        b = _Builder()
+        for r in range(r_):
+            b.text(" ".join(f"{names[i]}={values[i]}" for i in range(r * f_, (r + 1) * f_)))
+            if r >= self.min_lag:
+                pool = np.arange((r - self.min_lag + 1) * f_)  # facts of rounds <= r - min_lag
+                fresh = pool[~asked[pool]]
+                i = int(rng.choice(fresh if len(fresh) else pool))
+                asked[i] = True
+                b.text(f" ? {names[i]}=")
+                b.answer(values[i], r - self.min_lag)
+            b.text("\n")
+        return b.build()
+
+
+@dataclasses.dataclass(frozen=True)
+class ICLConfig(_TaskConfig):
+    """In-context learning of a random bijection. Length ``5 * (n_demos + n_queries
+    + n_unseen_queries) + 2`` tokens."""
+
+    n_symbols: int = 12
+    n_demos: int = 16
+    n_queries: int = 6
+    n_unseen: int = 3
+    n_unseen_queries: int = 1
+    name: ClassVar[str] = "icl"
+    size_field: ClassVar[str] = "n_demos"
+
+    def __post_init__(self):
+        _check_range("icl.n_symbols", self.n_symbols, 2, 26)
+        _check_range("icl.n_unseen", self.n_unseen, 0, self.n_symbols - 1)
+        n_seen = self.n_symbols - self.n_unseen
+        _check_range("icl.n_demos", self.n_demos, n_seen, _MAX_SIZE)  # every seen x shown
+        _check_range("icl.n_queries", self.n_queries, 1, n_seen)
+        _check_range("icl.n_unseen_queries", self.n_unseen_queries, 0,
+                     max(self.n_unseen - 1, 0))  # never enough to pin down the last output
+
+    @property
+    def length(self) -> int:
+        return 5 * (self.n_demos + self.n_queries + self.n_unseen_queries) + 2
+
+    @property
+    def alphabet(self) -> str:
+        return string.ascii_uppercase[:self.n_symbols]
+
+    @property
+    def unseen_chance(self) -> float:
+        """Accuracy bound on control queries of a model that knows ``f`` is a bijection."""
+        return 1.0 / max(self.n_unseen, 1)
+
+    def generate(self, rng: np.random.Generator) -> Episode:
+        sym = self.alphabet
+        f = rng.permutation(self.n_symbols)
+        order = rng.permutation(self.n_symbols)
+        seen, unseen = order[self.n_unseen:], order[:self.n_unseen]
+        extra = rng.choice(seen, size=self.n_demos - len(seen), replace=True)
+        demos = rng.permutation(np.concatenate([seen, extra]))
+        xs = np.concatenate([rng.choice(seen, self.n_queries, replace=False),
+                             rng.choice(unseen, self.n_unseen_queries, replace=False)])
+        scored = np.arange(len(xs)) < self.n_queries
+        perm = rng.permutation(len(xs))
+        b = _Builder()
+        b.text(" ".join(f"{sym[x]}->{sym[f[x]]}" for x in demos) + " |")
+        for i, j in enumerate(perm):
+            b.text(f" {sym[xs[j]]}->")
+            b.answer(sym[f[xs[j]]], i, scored=bool(scored[j]))
+        b.text("\n")
+        return b.build()
+
+
+TASKS: dict[str, type] = {"mqar": MQARConfig, "multi_round": MultiRoundConfig, "icl": ICLConfig}
+
+
+def make_task(name: str, **fields) -> _TaskConfig:
+    """``TASKS[name](**fields)`` with clear errors for an unknown task or field."""
+    check_choice("task", name, tuple(TASKS))
+    cls = TASKS[name]
+    known = tuple(f.name for f in dataclasses.fields(cls))
+    for k in fields:
+        check_choice(f"{name} field", k, known)
+    return cls(**fields)
+
+
+def episode_rng(seed: int, split: str, task: str) -> np.random.Generator:
+    """The generator of task ``task``'s ``split`` episodes for ``seed`` (see module docstring)."""
+    seed = check_int("seed", seed, 0)
+    check_choice("split", split, tuple(SPLITS))
+    code = TASK_CODES[task] if task in TASK_CODES else check_int("task code", task, 0)
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLITS[split], code]))
+
+
+def generate_episodes(cfg: _TaskConfig, n: int, seed: int = 0, split: str = "test") -> dict:
+    """``n`` episodes stacked: ``{"tokens": int32 [n, T], "answer_mask", "control_mask": bool
+    [n, T], "query_id": int32 [n, T]}`` with ``T = cfg.length``."""
+    n = check_int("n_episodes", n, 1)
+    rng = episode_rng(seed, split, cfg.name)
+    eps = [cfg.generate(rng) for _ in range(n)]
+    return {k: np.stack([getattr(e, k) for e in eps]) for k in Episode._fields}
