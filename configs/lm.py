@@ -27,7 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    scan_layers=False, remat=False,
                    embed="token", embed_kwargs={}, norm="rmsnorm", norm_kwargs={},
                    mixer="attention", mixer_kwargs={}, ffn="swiglu", ffn_kwargs={},
-                   connection="residual", connection_kwargs={}, head="tied", head_kwargs={})
+                   connection="residual", connection_kwargs={}, head="tied", head_kwargs={},
+                   memory="none", memory_kwargs={}, memory_layers="")
     c.model = ml_collections.ConfigDict(c.model)
 
     c.data = ml_collections.ConfigDict(dict(

@@ -15,7 +15,8 @@ from seedjax.train.optim import make_optimizer
 from seedjax.train.state import abstract_model, init_params, model_def, param_labels
 from seedjax.train.step import make_train_step
 
-PAPERS = ("hyper_connections", "frac_connections", "seednorm", "representation_collapse")
+PAPERS = ("hyper_connections", "frac_connections", "seednorm", "representation_collapse",
+          "ultramem", "ultramem_v2")
 
 
 def _rows():
@@ -45,8 +46,9 @@ def test_sweep_row_takes_a_finite_step(paper, row):
 @pytest.mark.parametrize("paper", PAPERS)
 def test_smoke_variant_trains(paper, tmp_path, small_corpus):
     mod = importlib.import_module(f"configs.papers.{paper}")
-    rows = mod.get_sweep("smoke")
-    cfg = apply_overrides(mod.get_config("smoke"), rows[1]["overrides"])
+    rows = {r["name"]: r for r in mod.get_sweep("smoke")}
+    name = getattr(mod, "SMOKE_TRAIN_ROW", list(rows)[1])    # the paper's main new row
+    cfg = apply_overrides(mod.get_config("smoke"), rows[name]["overrides"])
     cfg.data.source = small_corpus
     summary = Trainer(cfg, str(tmp_path), progress=False).run()
     assert summary["status"] == "completed" and np.isfinite(summary["val"]["loss"])

@@ -9,7 +9,7 @@ For a token x [D] (in the LM: the normalised FFN input of block k, added after b
     Z[p, c] = sum_{heads, j: p_j = p} s_c[j] V[i_j, c-th Dv/h_c slice]     (MCS slices)
     out = vec(Z) W_out                             W_out [E Dv, D] = the E per-block projectors
 
-Scores are used raw (no softmax, UltraMem Table 2 row 2). E = 1 has no shuffle and no groups:
+Scores are used raw (no softmax, UltraMem Table 2 row 2; ``score_fn="softmax"`` restores it). E = 1 has no shuffle and no groups:
 it is exactly the layer without expansion. Because pi permutes the whole virtual space, every
 physical row appears once in each virtual block.
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -41,8 +42,9 @@ from seedjax.nn.memory.tdqkr import (TDQKRConfig, TuckerRetrieval, ive_permutati
                                      isqrt_exact)
 from seedjax.nn.params import normal_init, param
 from seedjax.ops import embedding_bag
-from seedjax.validation import check_int
+from seedjax.validation import check_choice, check_int
 
+SCORE_FNS = ("none", "softmax")
 _INT32_MAX = 2**31 - 1
 
 
@@ -53,7 +55,8 @@ class UltraMemConfig:
 
     Fields: d_model D; n_keys knum (N = knum^2 physical rows); heads H; k_dim Dk; v_dim Dv (None
     -> D // 2, the "half vdim + projection" row); topk m per head; topk_side (None -> min(m,
-    keys per side)); rank r; cores h_c; expand E (1, 4, 9, 16: virtual blocks); query_mode;
+    keys per side)); rank r; cores h_c; score_fn ("none": raw scores, UltraMem | "softmax": PKM's
+    softmax over each head's m selected scores, per core: the "rm softmax" ablation); expand E (1, 4, 9, 16: virtual blocks); query_mode;
     qk_norm; query_conv (taps, 0 = off); init ("official" | "paper"); n_layers (L of the paper
     init); preselect; aux_coef / aux_margin (Tucker penalty alpha, tau; alpha = 0 is off);
     value_init_std / out_init_std (override the preset); values_weight_decay; shuffle_seed;
@@ -71,6 +74,7 @@ class UltraMemConfig:
     cores: int = 2
     expand: int = 4
     query_mode: str = "shared_pair"
+    score_fn: str = "none"
     qk_norm: bool = True
     query_conv: int = 0
     init: str = "official"
@@ -97,6 +101,7 @@ class UltraMemConfig:
             raise ValueError(f"{owner}.v_dim={self.v_dim} is not divisible by cores="
                              f"{self.cores} (Multi-Core Scoring splits each value into cores "
                              "slices)")
+        check_choice(f"{owner}.score_fn", self.score_fn, SCORE_FNS)
         isqrt_exact(owner, "expand", self.expand)
         if self.expand * self.n_keys ** 2 > _INT32_MAX:
             raise ValueError(f"{owner}: expand * n_keys**2 = {self.expand * self.n_keys ** 2} "
@@ -168,6 +173,8 @@ class UltraMem(nnx.Module):
         """x [..., T, D] -> y [..., T, D], or (y, {"tucker_penalty": ...}) if aux_coef > 0."""
         c, dt = self.config, self.dtype
         scores, rows, blocks = self.retrieve(x)
+        if c.score_fn == "softmax":
+            scores = jax.nn.softmax(scores, axis=-2)                 # over the m selected
         lead = rows.shape[:-2]
         flat = lambda a: a.reshape(*lead, -1, *a.shape[len(lead) + 2:])
         if c.expand == 1:

@@ -1,0 +1,63 @@
+"""UltraMem (arXiv 2411.12364) at CPU scale: sparse memory vs dense (Table 1 direction), loss
+vs number of slots at fixed top-m (Fig. 6b), and the Table 2-3 ablations (value-LR decay,
+softmax kept, IVE E = 1/4/9/16), plus PKM as the starting point of Table 2.
+
+  python -m experiments.reproduce --config configs/papers/ultramem.py:cpu \
+      --out results/ultramem --seeds 0,1,2
+
+Base: the 1.3M-parameter byte LM of configs/papers/common.py (d=128, 6 layers). Memory: two
+UltraMem units with skip-layer wiring "1:2/3:4" (read block k's normalised FFN input, add after
+block v), knum 64 (4,096 rows each, 2 x 262k value params), Dk 32, 2 heads x top-16 sharing a
+query, Dv 64, E = 4, r = 2, h_c = 2, values at a 4x LR decaying linearly to 1x over the run
+(official code). Paper column: val loss of the 151M models (Tables 1-3; Fig. 6b has no table).
+"""
+from configs.papers.common import base_config, row
+
+MEMORY = {"n_keys": 64, "k_dim": 32, "heads": 2, "topk": 16, "v_dim": 64, "expand": 4}
+SMOKE_MEMORY = {"n_keys": 8, "k_dim": 8, "heads": 2, "topk": 4, "v_dim": 8, "expand": 4}
+UNITS = "1:2/3:4"
+
+
+def value_lr(steps: int, start: float = 4.0) -> dict:
+    """UltraMem's value-LR multiplier: ``start`` decaying linearly to 1 over the run."""
+    return {"memory_values": {"start": start, "end": 1.0, "decay_steps": steps}}
+
+SMOKE_TRAIN_ROW = "ultramem"   # the row the test suite trains end-to-end
+
+
+def get_config(variant=None):
+    return base_config(variant, "ultramem")
+
+
+def get_sweep(variant=None):
+    c = get_config(variant)
+    steps, smoke = c.train.steps, variant == "smoke"
+    base_mem = SMOKE_MEMORY if smoke else MEMORY
+    units = "0:1" if smoke else UNITS
+    decay = value_lr(steps)
+
+    def um(name, paper, group, lr=decay, **kw):
+        mem = {**base_mem, **kw}
+        return row(name, paper, group, model__memory="ultramem", model__memory_kwargs=mem,
+                   model__memory_layers=units, train__lr_multipliers=lr)
+
+    def slots(knum):
+        return max(2, knum // 8) if smoke else knum
+
+    return [
+        row("dense", "2.96 (Dense-151M)", "T1", model__memory="none"),
+        row("dense_wide", "- (compute-matched)", "T1", model__mlp_dim=64 if smoke else 448),
+        row("pkm", "2.828 (PKM-151M-x10)", "T2", model__memory="pkm",
+            model__memory_layers=units, train__lr_multipliers=decay,
+            model__memory_kwargs={"n_keys": slots(128), "k_dim": base_mem["k_dim"], "heads": 2,
+                                  "topk": base_mem["topk"], "v_dim": base_mem["v_dim"]}),
+        um("ultramem", "2.736 (UltraMem-151M)", "T2"),
+        um("softmax_kept", "+0.006 (rm softmax -0.006)", "T2", score_fn="softmax"),
+        um("no_value_lr_decay", "+0.022", "T2", lr={}),
+        um("ive_e1", "+0.017 (E=4 -0.017)", "T3", expand=1),
+        um("ive_e9", "-0.008 vs E=4", "T3", expand=9),
+        um("ive_e16", "-0.010 vs E=4", "T3", expand=16),
+        um("slots_1k", "- (Fig. 6b)", "F6b", n_keys=slots(32)),
+        um("slots_16k", "- (Fig. 6b)", "F6b", n_keys=slots(128)),
+        um("preselect_abs", "- (ours)", "ours", preselect="abs"),
+    ]

@@ -1,0 +1,63 @@
+"""UltraMemV2 (arXiv 2508.18756) at CPU scale: dense vs MoE vs UltraMem vs UltraMemV2 at equal
+activated compute and (MoE vs memory) equal total parameters (V2 Table 3 direction), PEER
+values vs plain values at equal compute and access (Fig. 2), the Tucker-core penalty on/off
+(Fig. 8) and value-table sharing (Fig. 11).
+
+  python -m experiments.reproduce --config configs/papers/ultramem_v2.py:cpu \
+      --out results/ultramem_v2 --seeds 0,1,2
+
+Base: the 1.3M-parameter byte LM of configs/papers/common.py (d=128, 6 layers, SwiGLU 384).
+  * V2: a memory layer in every block, knum 64 (4,096 rows per layer), Dk 32, 1 head, top-16,
+    Dv 48, Dp 16 (Dp:Dv = 1:3), per-rank queries, paper init (eq. 26), constant 1x value LR;
+    the FFN shrinks to 320 so activated FLOPs match the dense model (memory ~17% of FFN+memory
+    compute, the paper's MCP).
+  * MoE: 24 experts x 48 inner, top-8 (activated width 384 = the dense FFN), total expert
+    parameters ~ the dense FFN + V2 memory tables per layer.
+  * UltraMem (v1): configs/papers/ultramem.py's model with the FFN shrunk to match compute.
+  * PEER vs plain (Fig. 2): plain values with 2x the slots, Dv = (Dp + Dv) / 2 of the PEER
+    layer and 2x top-m, so value parameters and bytes read per token are equal, as in the
+    paper's 789^2 x 288 top-48 (plain) vs 558^2 x (288 + 288) top-24 (PEER).
+Paper column: V2 Table 3 eval loss at 227M/1.2B and the ablation deltas of §4.2.
+"""
+from configs.papers.common import base_config, row
+from configs.papers.ultramem import MEMORY as V1_MEMORY
+from configs.papers.ultramem import SMOKE_MEMORY as V1_SMOKE
+
+V2 = {"n_keys": 64, "k_dim": 32, "topk": 16, "v_dim": 48, "p_dim": 16}
+V2_SMOKE = {"n_keys": 6, "k_dim": 8, "topk": 4, "v_dim": 8, "p_dim": 4}
+
+SMOKE_TRAIN_ROW = "ultramem_v2"   # the row the test suite trains end-to-end
+
+
+def get_config(variant=None):
+    return base_config(variant, "ultramem_v2")
+
+
+def get_sweep(variant=None):
+    smoke = variant == "smoke"
+    mem = V2_SMOKE if smoke else V2
+    small_ffn = 48 if smoke else 320
+
+    def v2(name, paper, group, **kw):
+        return row(name, paper, group, model__memory="ultramem_v2", model__memory_layers="every",
+                   model__memory_kwargs={**mem, **kw}, model__mlp_dim=small_ffn)
+
+    moe = ({"n_experts": 8, "top_k": 2, "expert_dim": 8} if smoke else
+           {"n_experts": 24, "top_k": 8, "expert_dim": 48})
+    v1 = V1_SMOKE if smoke else V1_MEMORY
+    plain_keys = max(2, round(mem["n_keys"] * 2 ** 0.5))        # 2x the slots
+    return [
+        row("dense", "- (no dense row; OLMoE 2.845)", "T3", model__memory="none"),
+        row("moe", "2.845 (OLMoE-227M/1.2B)", "T3", model__ffn="moe", model__ffn_kwargs=moe),
+        row("ultramem", "2.885 (UltraMem-227M/1.2B)", "T3", model__memory="ultramem",
+            model__memory_layers="0:1" if smoke else "1:2/3:4", model__memory_kwargs=v1,
+            model__mlp_dim=small_ffn,
+            train__lr_multipliers={"memory_values": {"start": 4.0, "end": 1.0,
+                                                     "decay_steps": 3 if smoke else 600}}),
+        v2("ultramem_v2", "2.853 (UltraMemV2-227M/1.2B)", "T3"),
+        v2("v2_plain_values", "worse than PEER (Fig. 2, Diff 0.02-0.03)", "F2", values="plain",
+           n_keys=plain_keys, topk=2 * mem["topk"], v_dim=(mem["v_dim"] + mem["p_dim"]) // 2),
+        v2("v2_tucker_penalty", "-0.3 points without it (Fig. 8)", "F8", aux_coef=0.001),
+        v2("v2_share_ring2", "S4/S9-Ring better (Fig. 11)", "F11", sharing="ring",
+           share_group=2),
+    ]
