@@ -14,8 +14,8 @@ steps over 24,000 distinct train windows) and ``smoke`` (seconds: seq 64, tiny t
       --out results/memory_tasks --seeds 0,1,2
 
 One task only: ``--config.data.source=task:mqar`` (the default task sizes fit seq 128). The sweep
-compares the FFN sublayer, dense SwiGLU vs a product-key memory (``model.ffn="pkm"``); other
-sweeps override ``model.ffn`` / ``model.ffn_kwargs`` the same way. ``task_eval`` sets the
+compares dense, MoE, UltraMem and UltraMemV2 with the shapes of configs/papers/ultramem_v2.py
+(UltraMemV2 Table 2's direction), plus a product-key memory as the FFN (``model.ffn="pkm"``). ``task_eval`` sets the
 held-out evaluation (``test``-split episodes) run by experiments.memory_tasks and, after each
 sweep run, by experiments.reproduce (``tasks=""``: every task of ``data.source``).
 
@@ -75,7 +75,9 @@ def get_sweep(variant=None):
     variant = variant or "cpu"
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} unknown; allowed: {VARIANTS}")
-    return [
-        row("dense", "-", "ffn", model__ffn="swiglu"),
-        row("pkm", "-", "ffn", model__ffn="pkm", model__ffn_kwargs=PKM[variant]),
-    ]
+    # dense / MoE / UltraMem / UltraMemV2 exactly as in the V2 loss comparison (equal activated
+    # compute; MoE and memory at equal total parameters), plus PKM as the FFN
+    from configs.papers import ultramem_v2
+    main = {"dense", "moe", "ultramem", "ultramem_v2"}
+    rows = [dict(r, group="V2 T2") for r in ultramem_v2.get_sweep(variant) if r["name"] in main]
+    return rows + [row("pkm", "-", "ffn", model__ffn="pkm", model__ffn_kwargs=PKM[variant])]
