@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TPU_STAMP := $(VENV)/.installed-tpu
 
 .PHONY: demo test test-slow bench clean
 
@@ -13,13 +14,18 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+# libtpu: the kernel tests' TPU AOT compiles on a CPU host (tier 3); not needed to train
+$(TPU_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,tpu]"
+	touch $(TPU_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m experiments.train --config configs/lm.py:tiny --workdir runs/tiny
 
-test: $(STAMP)
+test: $(TPU_STAMP)
 	$(BIN)/python -m pytest tests
 
-test-slow: $(STAMP)
+test-slow: $(TPU_STAMP)
 	$(BIN)/python -m pytest tests -m slow
 
 bench: $(STAMP)
