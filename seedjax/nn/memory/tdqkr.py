@@ -240,11 +240,18 @@ class TuckerRetrieval(nnx.Module):
             raise ValueError("TDQKRConfig.init='paper' needs qk_norm=True (the calibration sets "
                              "the query LayerNorm gain)")
         x = jax.random.normal(jax.random.PRNGKey(seed), (n_tokens, self.config.d_model))
-        mean = jnp.mean(jnp.sum(self(x)[0], axis=-1))
+        mean, _ = _selected_score_stats(self, x)
         # scores are bilinear in the shared row/column query gain: gain * mean^-1/2 -> mean 1
         factor = jax.lax.rsqrt(jnp.maximum(mean, 1e-6))
         self.query_scale[...] = self.query_scale[...] * factor.astype(self.query_scale.dtype)
-        return jnp.std(jnp.sum(self(x)[0], axis=-1))
+        return _selected_score_stats(self, x)[1]
+
+
+@nnx.jit
+def _selected_score_stats(retrieval: TuckerRetrieval, x):
+    """(mean, std) of the selected summed scores; one compiled call instead of eager ops."""
+    total = jnp.sum(retrieval(x)[0], axis=-1)
+    return jnp.mean(total), jnp.std(total)
 
 
 def ive_permutation(size: int, seed: int):
