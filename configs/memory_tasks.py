@@ -12,6 +12,8 @@ steps over 24,000 distinct train windows) and ``smoke`` (seconds: seq 64, tiny t
       --workdir runs/memory_tasks [--tasks mqar,icl]
   python -m experiments.reproduce --config configs/memory_tasks.py:cpu \
       --out results/memory_tasks --seeds 0,1,2
+  python -m experiments.reproduce --config configs/memory_tasks.py:facts_cpu \
+      --out results/memory_facts --seeds 0,1,2      # parametric fact recall (knowledge capacity)
 
 One task only: ``--config.data.source=task:mqar`` (the default task sizes fit seq 128). The sweep
 compares dense, MoE, UltraMem and UltraMemV2 with the shapes of configs/papers/ultramem_v2.py
@@ -54,8 +56,14 @@ PKM = {"cpu": dict(n_keys=32, heads=4, k_dim=64, topk=8),
        "smoke": dict(n_keys=8, heads=2, k_dim=16, topk=4)}
 
 
+FACTS = {"facts_cpu": dict(n_facts=8192, n_queries=18), "facts_smoke": dict(n_facts=64,
+                                                                             n_queries=8)}
+
+
 def get_config(variant=None):
     variant = variant or "cpu"
+    if variant.startswith("facts_"):
+        return _facts_config(variant)
     c = base_config(variant, "memory_tasks")
     if variant == "cpu":
         c.train.update(steps=1500, warmup_steps=100, eval_every=250, checkpoint_every=250)
@@ -71,8 +79,31 @@ def get_config(variant=None):
     return c
 
 
+def _facts_config(variant):
+    """Parametric fact recall only (``facts`` task): 8,192 fixed key=value facts, 18 asked per
+    126-token episode, 1000 steps (~35 views per fact): how much knowledge each FFN/memory
+    design stores at equal activated compute."""
+    size = variant.removeprefix("facts_")
+    if size not in VARIANTS:
+        raise ValueError(f"variant {variant!r} unknown; allowed: {VARIANTS} and "
+                         f"{tuple('facts_' + v for v in VARIANTS)}")
+    c = base_config(size, "memory_tasks_facts")
+    if size == "cpu":
+        c.train.update(steps=1000, warmup_steps=60, eval_every=250, checkpoint_every=250)
+    else:
+        c.data.seq_len = 64
+    c.data.source = format_task_source({"facts": FACTS[variant]},
+                                       blocks=24000 if size == "cpu" else 512)
+    c.task_eval = ml_collections.ConfigDict(dict(
+        tasks="", episodes=256 if size == "cpu" else 16, batch_size=32 if size == "cpu" else 8,
+        seed=0))
+    c.sample.update(prompt="abc=", length=16)
+    return c
+
+
 def get_sweep(variant=None):
     variant = variant or "cpu"
+    variant = variant.removeprefix("facts_")
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} unknown; allowed: {VARIANTS}")
     # dense / MoE / UltraMem / UltraMemV2 exactly as in the V2 loss comparison (equal activated

@@ -2,8 +2,9 @@
 
 Proxies for UltraMemV2's memory evaluations (Table 2: long-context memorisation, multi-round
 memorisation, in-context learning; those suites are not public). Every episode is printable
-ASCII, so ``ByteTokenizer().decode(ep.tokens)`` is readable, and every answer is recoverable
-from the episode's own earlier text.
+ASCII, so ``ByteTokenizer().decode(ep.tokens)`` is readable, and in the first three tasks every
+answer is recoverable from the episode's own earlier text (``facts`` is the exception: its
+answers are a fixed world the model must memorise in training).
 
 Tasks (``TASKS``: name -> frozen config dataclass; examples with small sizes):
 
@@ -32,6 +33,13 @@ Tasks (``TASKS``: name -> frozen config dataclass; examples with small sizes):
 
       C->K D->A F->F C->K | D->A B->J
 
+* ``facts`` (``FactsConfig``) -- parametric fact recall (ours; proxies the knowledge tasks on
+  which UltraMem gains most, e.g. TriviaQA in UltraMem Table 1): a fixed world of ``n_facts``
+  random ``key=value`` pairs shared by all splits; each episode asks ``n_queries`` of them, so
+  the answers come from what training stored in the parameters, not from the context::
+
+      qzk=41 abf=07 mmr=93
+
 Episode arrays (``Episode``; ``generate_episodes`` stacks N episodes along a leading axis):
 
 * ``tokens`` int32 [T]: the episode's bytes (``T == cfg.length``, fixed per config);
@@ -56,6 +64,7 @@ so the same arguments give the same episodes, the first ``k`` of ``n`` episodes 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import string
 from typing import ClassVar, NamedTuple
 
@@ -63,13 +72,13 @@ import numpy as np
 
 from seedjax.validation import check_choice, check_int
 
-__all__ = ["Episode", "MQARConfig", "MultiRoundConfig", "ICLConfig", "TASKS", "SPLITS",
+__all__ = ["Episode", "MQARConfig", "MultiRoundConfig", "ICLConfig", "FactsConfig", "TASKS", "SPLITS",
            "TASK_CODES", "make_task", "episode_rng", "generate_episodes"]
 
 CHARSETS = {"digits": string.digits, "lower": string.ascii_lowercase,
             "upper": string.ascii_uppercase}
 SPLITS = {"train": 1, "val": 2, "test": 3}
-TASK_CODES = {"mqar": 1, "multi_round": 2, "icl": 3}
+TASK_CODES = {"mqar": 1, "multi_round": 2, "icl": 3, "facts": 4}
 _MAX_SIZE = 1024  # upper bound of the size fields (episodes are meant to fit a context window)
 
 
@@ -339,7 +348,67 @@ class ICLConfig(_TaskConfig):
         return b.build()
 
 
-TASKS: dict[str, type] = {"mqar": MQARConfig, "multi_round": MultiRoundConfig, "icl": ICLConfig}
+@functools.lru_cache(maxsize=8)
+def fact_world(n_facts: int, key_len: int, value_len: int, value_chars: str,
+               world_seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The fixed (keys, values) of a ``facts`` world: the same for every split and seed."""
+    rng = np.random.default_rng(np.random.SeedSequence([world_seed, 0xFAC75]))
+    keys = _distinct_strings(rng, string.ascii_lowercase, n_facts, key_len)
+    return tuple(keys), tuple(_random_strings(rng, CHARSETS[value_chars], n_facts, value_len))
+
+
+@dataclasses.dataclass(frozen=True)
+class FactsConfig(_TaskConfig):
+    """Parametric fact recall. Length ``n_queries * (key_len + value_len + 2)`` tokens.
+
+    Unlike the other tasks the answer is NOT in the episode: a fixed world of ``n_facts``
+    ``key=value`` pairs (drawn from ``world_seed``, identical in every split) is only learnable
+    from training data, so held-out accuracy measures how many facts the parameters hold --
+    the knowledge-capacity claim behind memory layers (UltraMem Table 1's TriviaQA gains)."""
+
+    n_facts: int = 8192
+    n_queries: int = 20
+    key_len: int = 3
+    value_len: int = 2
+    value_chars: str = "digits"
+    world_seed: int = 0
+    name: ClassVar[str] = "facts"
+    size_field: ClassVar[str] = "n_queries"
+
+    def __post_init__(self):
+        _check_range("facts.key_len", self.key_len, 1, 4)
+        _check_range("facts.n_facts", self.n_facts, 1, min(26 ** self.key_len, 1 << 20))
+        _check_range("facts.n_queries", self.n_queries, 1, _MAX_SIZE)
+        _check_range("facts.value_len", self.value_len, 1, 4)
+        check_choice("facts.value_chars", self.value_chars, tuple(CHARSETS))
+        check_int("facts.world_seed", self.world_seed, 0)
+
+    @property
+    def length(self) -> int:
+        return self.n_queries * (self.key_len + self.value_len + 2)
+
+    @property
+    def alphabet(self) -> str:
+        return CHARSETS[self.value_chars]
+
+    def world(self) -> dict[str, str]:
+        keys, values = fact_world(self.n_facts, self.key_len, self.value_len, self.value_chars,
+                                  self.world_seed)
+        return dict(zip(keys, values))
+
+    def generate(self, rng: np.random.Generator) -> Episode:
+        keys, values = fact_world(self.n_facts, self.key_len, self.value_len, self.value_chars,
+                                  self.world_seed)
+        b = _Builder()
+        for i, j in enumerate(rng.integers(0, self.n_facts, size=self.n_queries)):
+            b.text(("" if i == 0 else " ") + f"{keys[j]}=")
+            b.answer(values[j], i)
+        b.text("\n")
+        return b.build()
+
+
+TASKS: dict[str, type] = {"mqar": MQARConfig, "multi_round": MultiRoundConfig, "icl": ICLConfig,
+                          "facts": FactsConfig}
 
 
 def make_task(name: str, **fields) -> _TaskConfig:

@@ -371,3 +371,29 @@ def test_memory_tasks_cli_writes_json_and_table(smoke_runs, tmp_path):
     with pytest.raises(ValueError, match="task='copy'"):
         run(str(smoke_runs.root / "straight"), tasks="copy", out=str(out), progress=False)
     assert os.path.exists(out)
+
+
+# ------------------------------------------------------------------ parametric facts
+def test_facts_world_is_fixed_across_splits_and_answers_follow_it():
+    """facts: every episode's key=value pairs come from one world (same for train/val/test and
+    every seed, different for another world_seed); the answer mask marks exactly the values;
+    episodes have exactly cfg.length tokens; a world-lookup oracle is right on every answer
+    while the context alone (keys never repeat within the world) cannot determine them."""
+    cfg = mt.FactsConfig(n_facts=300, n_queries=6)
+    world = cfg.world()
+    assert len(world) == 300
+    for split, seed in (("train", 0), ("test", 5), ("val", 1)):
+        eps = mt.generate_episodes(cfg, 20, seed=seed, split=split)
+        assert eps["tokens"].shape == (20, cfg.length)
+        for row, mask in zip(eps["tokens"], eps["answer_mask"]):
+            text = ByteTokenizer().decode(row)
+            pairs = re.findall(r"([a-z]{3})=(\d\d)", text)
+            assert len(pairs) == 6 and all(world[k] == v for k, v in pairs)
+            want = np.zeros(len(text), bool)
+            for m in re.finditer(r"=(\d\d)", text):
+                want[m.start(1):m.end(1)] = True
+            np.testing.assert_array_equal(mask, want)
+    other = dataclasses.replace(cfg, world_seed=1).world()
+    assert other != world
+    with pytest.raises(ValueError, match="facts.n_facts"):
+        mt.FactsConfig(n_facts=27, key_len=1)
