@@ -37,6 +37,7 @@ from flax import nnx
 from seedjax.models.config import LMConfig
 from seedjax.models.factories import branch_out_init_std
 from seedjax.models.registry import register
+from seedjax.nn.memory.ultramem_v2 import k_dim_for_ratio
 from seedjax.nn.memory import (PKMConfig, ProductKeyMemory, SharedValueTables, UltraMem,
                                UltraMemConfig, UltraMemV2, UltraMemV2Config, shared_value_std)
 
@@ -86,6 +87,12 @@ def _v2_config(cfg: LMConfig, n_units: int, kwargs) -> UltraMemV2Config:
     every unit has the same static structure and the blocks can be scanned)."""
     kwargs = dict(kwargs)
     kwargs.setdefault("ffn_dim", dict(cfg.ffn_kwargs).get("mlp_dim", cfg.mlp_dim))
+    ratio = kwargs.pop("mem_to_ffn_ratio", None)
+    if ratio is not None:
+        if "k_dim" in kwargs:
+            raise ValueError("model.memory_kwargs: give k_dim or mem_to_ffn_ratio, not both")
+        kwargs["k_dim"] = k_dim_for_ratio(ratio, d_model=cfg.d_model, layer=0,
+                                          n_layers=n_units, **kwargs)
     return UltraMemV2Config(d_model=cfg.d_model, layer=0, n_layers=n_units, **kwargs)
 
 
@@ -93,7 +100,8 @@ def _v2_config(cfg: LMConfig, n_units: int, kwargs) -> UltraMemV2Config:
 def ultramem_v2_unit(cfg: LMConfig, unit: int, n_units: int, *, rngs: nnx.Rngs, **kwargs):
     """UltraMemV2 unit (use ``memory_layers="every"``); kwargs: the ``UltraMemV2Config`` fields
     except d_model, layer and n_layers (set from the placement); ``ffn_dim`` defaults to the
-    LM's FFN inner dim (eq. 26)."""
+    LM's FFN inner dim (eq. 26); ``mem_to_ffn_ratio`` (instead of k_dim) picks the k_dim whose
+    memory/FFN compute ratio is closest (V2's MCP 17% is a ratio of about 0.2)."""
     return UltraMemV2(_v2_config(cfg, n_units, kwargs), dtype=cfg.compute_dtype,
                       rngs=rngs)
 

@@ -298,3 +298,21 @@ def test_config_errors_name_the_field():
                     memory_kwargs={"n_keys": 4, "k_dim": 8, "topk": 4}), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="model.memory='ultra' is not a registered memory"):
         LM(LMConfig(**BASE, memory="ultra", memory_layers="every"), rngs=nnx.Rngs(0))
+
+
+def test_k_dim_for_memory_to_ffn_ratio():
+    """mem_to_ffn_ratio picks the k_dim whose memory/FFN FLOP ratio is nearest the target (V2
+    §4.2.4 sets MCP by Dk); the LM factory accepts it instead of k_dim, not with it."""
+    from seedjax.nn.memory.ultramem_v2 import k_dim_for_ratio
+    fields = dict(d_model=128, n_keys=64, topk=16, v_dim=48, p_dim=16, ffn_dim=320)
+    dk = k_dim_for_ratio(0.2, **fields)
+    ratios = {d: UltraMemV2Config(k_dim=d, **fields).memory_to_ffn_ratio for d in (dk - 8, dk,
+                                                                                   dk + 8)}
+    assert min(ratios, key=lambda d: abs(ratios[d] - 0.2)) == dk
+    cfg = LMConfig(**{**BASE, "d_model": 128, "mlp_dim": 320}, memory="ultramem_v2",
+                   memory_layers="every", memory_kwargs={"n_keys": 64, "topk": 16, "v_dim": 48,
+                                                         "p_dim": 16, "mem_to_ffn_ratio": 0.2})
+    assert lm_forward_flops_per_token(cfg, 12)["mem_keys"] == 4 * 2 * 2 * 64 * 2 * dk
+    with pytest.raises(ValueError, match="k_dim or mem_to_ffn_ratio"):
+        LM(LMConfig(**BASE, memory="ultramem_v2", memory_layers="every",
+                    memory_kwargs={"k_dim": 8, "mem_to_ffn_ratio": 0.2}), rngs=nnx.Rngs(0))

@@ -50,6 +50,8 @@ from seedjax.nn.memory.tdqkr import (TDQKRConfig, TuckerRetrieval, ive_permutati
                                      isqrt_exact)
 from seedjax.nn.params import normal_init, param
 from seedjax.ops import embedding_bag, row_dot
+from seedjax.ops.sharded_lookup import (check_table_sharding, sharded_embedding_bag,
+                                        sharded_row_dot)
 from seedjax.validation import check_choice, check_int
 
 VALUE_KINDS = ("peer", "plain")
@@ -70,7 +72,10 @@ class UltraMemV2Config:
     for eq. 26); layer (this layer's index) and n_layers (memory layers L); sharing ("none" |
     "ring" | "noring" | "block") and share_group g_s; preselect; aux_coef / aux_margin;
     value_init_std / out_init_std overrides; values_weight_decay; shuffle_seed; ln_gain_power;
-    implementation.
+    implementation; table_sharding (None | "psum" | "all_to_all": read the value and pre-value
+    tables, row-sharded over mesh axis ``table_axis``, with ``seedjax.ops.sharded_lookup``
+    under the ``jax.set_mesh`` context; None = plain gathers) and table_capacity_factor
+    (all_to_all buffer capacity; None = worst case, exact).
     """
 
     d_model: int
@@ -104,9 +109,14 @@ class UltraMemV2Config:
     shuffle_seed: int = 0
     ln_gain_power: float = 0.4
     implementation: str = "xla"
+    table_sharding: str | None = None
+    table_axis: str = "mem"
+    table_capacity_factor: float | None = None
 
     def __post_init__(self):
         owner = "UltraMemV2Config"
+        check_table_sharding(owner, self.table_sharding, self.table_axis,
+                             self.table_capacity_factor)
         for name in ("d_model", "n_keys", "expand", "n_layers", "cores"):
             check_int(f"{owner}.{name}", getattr(self, name))
         check_int(f"{owner}.layer", self.layer, minimum=0)
@@ -166,6 +176,11 @@ class UltraMemV2Config:
                                             "isqrt(expand * share_group) * n_keys")
                              .replace("TDQKRConfig", "UltraMemV2Config")) from None
 
+    @property
+    def memory_to_ffn_ratio(self) -> float:
+        """Forward FLOPs of this layer / those of a SwiGLU FFN of inner dim ffn_dim."""
+        return sum(self.forward_flops_per_token().values()) / (6 * self.d_model * self.ffn_dim)
+
     def forward_flops_per_token(self) -> dict[str, int]:
         """Retrieval + pre-value projection 2 D Dp and dots 2 H m Dp (PEER) + value read
         2 H m Dv + output projection 2 Dv D."""
@@ -175,6 +190,22 @@ class UltraMemV2Config:
         out["mem_values"] = 2 * self.heads * self.topk * self.v_dim
         out["mem_out"] = 2 * self.v_dim * self.d_model
         return out
+
+
+def k_dim_for_ratio(ratio: float, **fields) -> int:
+    """The k_dim (a multiple of 8) whose layer has ``memory FLOPs / FFN FLOPs`` closest to
+    ``ratio`` (V2 §4.2.4 varies Dk to set the memory computational proportion; MCP = r/(1+r) of
+    FFN+memory compute). ``fields``: the other ``UltraMemV2Config`` fields (d_model, ffn_dim...).
+    Memory FLOPs are affine in Dk, so two evaluations give the line."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+        raise ValueError(f"UltraMemV2 mem_to_ffn_ratio={ratio!r} must be a number > 0")
+    fields = {k: v for k, v in fields.items() if k != "k_dim"}
+    at = lambda dk: UltraMemV2Config(k_dim=dk, **fields)
+    f8, f16 = (sum(at(dk).forward_flops_per_token().values()) for dk in (8, 16))
+    ffn = 6 * at(8).d_model * at(8).ffn_dim
+    slope = (f16 - f8) / 8
+    dk = (ratio * ffn - (f8 - 8 * slope)) / slope
+    return max(8, int(round(dk / 8)) * 8)
 
 
 def eq26_value_std(c: UltraMemV2Config, sigma_s) -> jax.Array:
@@ -281,6 +312,11 @@ class UltraMemV2(nnx.Module):
                              "pass tables=SharedValueTables(...)()")
         return tables
 
+    def _sharded_kw(self) -> dict:
+        c = self.config
+        return dict(scheme=c.table_sharding, axis=c.table_axis,
+                    capacity_factor=c.table_capacity_factor, implementation=c.implementation)
+
     def __call__(self, x, tables: dict | None = None, layer=None):
         """x [..., T, D] -> [..., T, D] (or (y, {"tucker_penalty": ...}) when aux_coef > 0).
         ``tables``: the global tables (sharing != "none"); ``layer``: see ``retrieve``."""
@@ -292,11 +328,17 @@ class UltraMemV2(nnx.Module):
         weights = scores.reshape(*lead, -1, c.cores)                     # [..., H m, h_c]
         if c.values == "peer":
             pre_in = project(x.astype(dt), self.w_pre[...].astype(dt))  # [..., Dp]
-            coef = row_dot(tabs["pre_values"], rows, pre_in, implementation=c.implementation)
+            if c.table_sharding is None:
+                coef = row_dot(tabs["pre_values"], rows, pre_in, implementation=c.implementation)
+            else:
+                coef = sharded_row_dot(tabs["pre_values"], rows, pre_in, **self._sharded_kw())
             if c.pre_act == "gelu":
                 coef = jax.nn.gelu(coef)
             weights = weights * coef[..., None]
-        y = embedding_bag(tabs["values"], rows, weights, implementation=c.implementation)
+        if c.table_sharding is None:
+            y = embedding_bag(tabs["values"], rows, weights, implementation=c.implementation)
+        else:
+            y = sharded_embedding_bag(tabs["values"], rows, weights, **self._sharded_kw())
         y = project(y.astype(dt), self.w_out[...].astype(dt))
         if c.aux_coef > 0:
             return y, {"tucker_penalty": self.retrieval.tucker_penalty()}
