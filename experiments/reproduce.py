@@ -87,7 +87,20 @@ def _stats(xs):
     return mean, std, len(xs)
 
 
-def write_report(out: str, rows: list, results: list, command: str, seeds: list) -> None:
+def row_flops(base, row: dict) -> float | None:
+    """Activated forward FLOPs per token of a row's model (None if no formula applies)."""
+    from seedjax.models import LMConfig
+    from seedjax.train.flops import lm_forward_flops_per_token
+    try:
+        cfg = apply_overrides(base, row.get("overrides", {}))
+        return sum(lm_forward_flops_per_token(LMConfig.from_dict(cfg.model),
+                                              cfg.data.seq_len).values())
+    except ValueError:
+        return None
+
+
+def write_report(out: str, rows: list, results: list, command: str, seeds: list,
+                 base=None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -101,7 +114,8 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list)
              f"Machine: {platform.machine()}, {os.cpu_count()} cores; versions: "
              + ", ".join(f"{k} {v}" for k, v in versions().items() if k != "platform"), "",
              "| group | row | paper | val loss (mean ± std, n) | Δ vs " + base_name +
-             " | val bits/byte | step s | params | diverged |", "|---|---|---|---|---|---|---|---|---|"]
+             " | val bits/byte | step s | params | fwd MFLOP/token | diverged |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         res = by_row[r["name"]]
         m, s, n = _stats([x.get("val_loss") for x in res])
@@ -109,13 +123,15 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list)
         st = _stats([x.get("step_time_s") for x in res])[0]
         div = sum(x["status"] == "diverged" for x in res)
         params = next((x["params"] for x in res if x.get("params")), 0)
+        flops = row_flops(base, r) if base is not None else None
+        flops = "" if flops is None else f"{flops / 1e6:.2f}"
         if n == 0 and div == 0:
             lines.append(f"| {r.get('group', '')} | {r['name']} | {r.get('paper', '')} | "
-                         "not run yet | | | | | |")
+                         f"not run yet | | | | | {flops} | |")
             continue
         lines.append(f"| {r.get('group', '')} | {r['name']} | {r.get('paper', '')} | "
                      f"{m:.4f} ± {s:.4f} ({n}) | {m - base_mean:+.4f} | {bpb:.4f} | {st:.3f} | "
-                     f"{params / 1e6:.2f}M | {div} |")
+                     f"{params / 1e6:.2f}M | {flops} | {div} |")
     task_names = sorted({t for x in results for t in (x.get("tasks") or {})})
     if task_names:  # runs of configs with a task_eval block (see seedjax.eval.task_scoring)
         lines += ["", "Held-out memory-task token accuracy (teacher-forced greedy; mean ± std, "
@@ -190,7 +206,7 @@ def main(argv):
         results = [json.load(open(p)) for p in
                    (os.path.join(run_dir, f"{r['name']}__s{s}.json") for r in rows for s in seeds)
                    if os.path.exists(p)]
-        write_report(FLAGS.out, rows, results, command, seeds)
+        write_report(FLAGS.out, rows, results, command, seeds, base)
 
     if not FLAGS.report_only:
         for i, (r, s) in enumerate(todo):
