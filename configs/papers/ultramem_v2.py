@@ -7,13 +7,14 @@ values vs plain values at equal compute and access (Fig. 2), the Tucker-core pen
       --out results/ultramem_v2 --seeds 0,1,2
 
 Base: the 1.3M-parameter byte LM of configs/papers/common.py (d=128, 6 layers, SwiGLU 384).
-  * V2: a memory layer in every block, knum 64 (4,096 rows per layer), Dk 32, 1 head, top-16,
+  * V2: a memory layer in every block, knum 68 (4,624 rows per layer), Dk 32, 1 head, top-16,
     Dv 48, Dp 16 (Dp:Dv = 1:3), per-rank queries, paper init (eq. 26), constant 1x value LR;
-    the FFN shrinks to 320 so activated FLOPs match the dense model (memory ~17% of FFN+memory
-    compute, the paper's MCP).
-  * MoE: 24 experts x 48 inner, top-8 (activated width 384 = the dense FFN), total expert
-    parameters ~ the dense FFN + V2 memory tables per layer.
-  * UltraMem (v1): configs/papers/ultramem.py's model with the FFN shrunk to match compute.
+    the FFN shrinks to 288 so activated FLOPs match the dense model (2.82 MFLOP/token forward,
+    memory ~24% of FFN + memory compute; the paper's MCP is 17%).
+  * MoE: 24 experts x 48 inner, top-8 (activated width 384 = the dense FFN): 2.85 MFLOP/token,
+    3.10M parameters in total.
+  * UltraMem (v1): configs/papers/ultramem.py's two skip-layer units with knum 120 (14,400 rows
+    each) and the FFN shrunk to 288: 2.82 MFLOP/token, 3.14M parameters (V2: 3.07M).
   * PEER vs plain (Fig. 2): plain values with 2x the slots, Dv = (Dp + Dv) / 2 of the PEER
     layer and 2x top-m, so value parameters and bytes read per token are equal, as in the
     paper's 789^2 x 288 top-48 (plain) vs 558^2 x (288 + 288) top-24 (PEER).
@@ -23,7 +24,7 @@ from configs.papers.common import base_config, row
 from configs.papers.ultramem import MEMORY as V1_MEMORY
 from configs.papers.ultramem import SMOKE_MEMORY as V1_SMOKE
 
-V2 = {"n_keys": 64, "k_dim": 32, "topk": 16, "v_dim": 48, "p_dim": 16}
+V2 = {"n_keys": 68, "k_dim": 32, "topk": 16, "v_dim": 48, "p_dim": 16}
 V2_SMOKE = {"n_keys": 6, "k_dim": 8, "topk": 4, "v_dim": 8, "p_dim": 4}
 
 SMOKE_TRAIN_ROW = "ultramem_v2"   # the row the test suite trains end-to-end
@@ -36,7 +37,7 @@ def get_config(variant=None):
 def get_sweep(variant=None):
     smoke = variant == "smoke"
     mem = V2_SMOKE if smoke else V2
-    small_ffn = 48 if smoke else 320
+    small_ffn = 48 if smoke else 288
 
     def v2(name, paper, group, **kw):
         return row(name, paper, group, model__memory="ultramem_v2", model__memory_layers="every",
@@ -44,7 +45,7 @@ def get_sweep(variant=None):
 
     moe = ({"n_experts": 8, "top_k": 2, "expert_dim": 8} if smoke else
            {"n_experts": 24, "top_k": 8, "expert_dim": 48})
-    v1 = V1_SMOKE if smoke else V1_MEMORY
+    v1 = V1_SMOKE if smoke else {**V1_MEMORY, "n_keys": 120}
     plain_keys = max(2, round(mem["n_keys"] * 2 ** 0.5))        # 2x the slots
     return [
         row("dense", "- (no dense row; OLMoE 2.845)", "T3", model__memory="none"),
