@@ -50,6 +50,7 @@ from flax import nnx
 from seedjax.nn.linear import project
 from seedjax.nn.params import constant_init, normal_init, param
 from seedjax.ops import IMPLEMENTATIONS, product_key_topk, weighted_value_sum
+from seedjax.ops.sharded_lookup import check_table_sharding, sharded_embedding_bag
 from seedjax.validation import check_int
 
 QUERY_NORMS = ("layernorm", "none")
@@ -90,6 +91,10 @@ class PKMConfig:
         Dv**-0.5.
       norm_eps: LayerNorm epsilon of the query norm.
       implementation: kernel implementation for ``seedjax.ops`` (one of ``IMPLEMENTATIONS``).
+      table_sharding: None (plain gather) | "psum" | "all_to_all": read the value table
+        row-sharded over mesh axis ``table_axis`` with ``seedjax.ops.sharded_lookup`` (under
+        the ``jax.set_mesh`` context); table_capacity_factor: all_to_all capacity (None =
+        worst case, exact).
     """
 
     d_model: int
@@ -106,8 +111,13 @@ class PKMConfig:
     out_init_std: float | None = None
     norm_eps: float = 1e-5
     implementation: str = "xla"
+    table_sharding: str | None = None
+    table_axis: str = "mem"
+    table_capacity_factor: float | None = None
 
     def __post_init__(self):
+        check_table_sharding("PKMConfig", self.table_sharding, self.table_axis,
+                             self.table_capacity_factor)
         for name in ("d_model", "n_keys", "heads", "k_dim", "topk"):
             check_int(f"PKMConfig.{name}", getattr(self, name))
         if self.v_dim is None:
@@ -228,8 +238,14 @@ class ProductKeyMemory(nnx.Module):
         weights = jax.nn.softmax(scores, axis=-1) if c.score_fn == "softmax" else scores
         lead = indices.shape[:-2]
         # all heads read the one table: one bag of H*k (index, weight) pairs per token
-        y = weighted_value_sum(self.values[...], indices.reshape(*lead, -1),
-                               weights.reshape(*lead, -1), implementation=c.implementation)
+        if c.table_sharding is None:
+            y = weighted_value_sum(self.values[...], indices.reshape(*lead, -1),
+                                   weights.reshape(*lead, -1), implementation=c.implementation)
+        else:
+            y = sharded_embedding_bag(self.values[...], indices.reshape(*lead, -1),
+                                      weights.reshape(*lead, -1), scheme=c.table_sharding,
+                                      axis=c.table_axis, capacity_factor=c.table_capacity_factor,
+                                      implementation=c.implementation)
         y = y.astype(dt)
         if self.w_out is not None:
             y = project(y, self.w_out[...].astype(dt))

@@ -31,6 +31,7 @@ Shapes: x [..., T, D] -> [..., T, D] in the compute dtype; ``retrieve(x)`` -> (s
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,7 @@ from seedjax.nn.memory.tdqkr import (TDQKRConfig, TuckerRetrieval, ive_permutati
                                      isqrt_exact)
 from seedjax.nn.params import normal_init, param
 from seedjax.ops import embedding_bag
+from seedjax.ops.sharded_lookup import check_table_sharding, sharded_embedding_bag
 from seedjax.validation import check_choice, check_int
 
 SCORE_FNS = ("none", "softmax")
@@ -60,7 +62,9 @@ class UltraMemConfig:
     qk_norm; query_conv (taps, 0 = off); init ("official" | "paper"); n_layers (L of the paper
     init); preselect; aux_coef / aux_margin (Tucker penalty alpha, tau; alpha = 0 is off);
     value_init_std / out_init_std (override the preset); values_weight_decay; shuffle_seed;
-    ln_gain_power; implementation.
+    ln_gain_power; implementation; table_sharding / table_axis / table_capacity_factor (read
+    the value table row-sharded over a mesh axis with ``seedjax.ops.sharded_lookup``; None =
+    plain gather; see ``UltraMemV2Config``).
     """
 
     d_model: int
@@ -88,9 +92,14 @@ class UltraMemConfig:
     shuffle_seed: int = 0
     ln_gain_power: float = 0.33
     implementation: str = "xla"
+    table_sharding: str | None = None
+    table_axis: str = "mem"
+    table_capacity_factor: float | None = None
 
     def __post_init__(self):
         owner = "UltraMemConfig"
+        check_table_sharding(owner, self.table_sharding, self.table_axis,
+                             self.table_capacity_factor)
         for name in ("d_model", "n_keys", "expand", "n_layers", "cores"):
             check_int(f"{owner}.{name}", getattr(self, name))
         check_int(f"{owner}.shuffle_seed", self.shuffle_seed, minimum=0)
@@ -177,12 +186,14 @@ class UltraMem(nnx.Module):
             scores = jax.nn.softmax(scores, axis=-2)                 # over the m selected
         lead = rows.shape[:-2]
         flat = lambda a: a.reshape(*lead, -1, *a.shape[len(lead) + 2:])
+        bag = embedding_bag if c.table_sharding is None else functools.partial(
+            sharded_embedding_bag, scheme=c.table_sharding, axis=c.table_axis,
+            capacity_factor=c.table_capacity_factor)
         if c.expand == 1:
-            y = embedding_bag(self.values[...], flat(rows), flat(scores),
-                              implementation=c.implementation)
+            y = bag(self.values[...], flat(rows), flat(scores), implementation=c.implementation)
         else:
-            y = embedding_bag(self.values[...], flat(rows), flat(scores), groups=flat(blocks),
-                              n_groups=c.expand, implementation=c.implementation)
+            y = bag(self.values[...], flat(rows), flat(scores), groups=flat(blocks),
+                    n_groups=c.expand, implementation=c.implementation)
             y = y.reshape(*lead, c.expand * c.v_dim)
         y = project(y.astype(dt), self.w_out[...].astype(dt))
         if c.aux_coef > 0:
