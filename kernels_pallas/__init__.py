@@ -1,0 +1,1 @@
+"""Standalone Pallas kernels (depend on jax only, never on seedjax)."""
