@@ -28,7 +28,8 @@ Two schemes (the math of both equals the unsharded op):
   dropped (read zero, like pad slots) and counted: ``return_dropped=True`` returns the total
   number dropped over the mesh so a training loop can check it is 0.
 
-Gradients come from JAX autodiff through ``shard_map``: the transposes of the local gathers
+The per-shard gathers are XLA gathers (``implementation="xla"`` only; a Pallas local gather
+is not wired in). Gradients come from JAX autodiff through ``shard_map``: the transposes of the local gathers
 are local scatter-adds into the shard's rows (so the table's gradient, and optimizer moments
 built from it, stay sharded like the table), psum's transpose is a broadcast, and
 ``all_to_all``'s transpose is the reverse ``all_to_all``. Weights' gradients of the psum
@@ -88,6 +89,14 @@ def _shapes(*arrays):
     """Unsharded shape/dtype stand-ins (an Explicit-mesh sharding would make the unsharded
     op's abstract evaluation fail)."""
     return [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in arrays]
+
+
+def _check_xla(fn: str, implementation: str) -> None:
+    check_implementation(fn, implementation)
+    if implementation != "xla":
+        raise ValueError(f"{fn}: implementation={implementation!r} is not supported: the "
+                         "per-shard gathers of the sharded lookup are XLA gathers (use "
+                         "implementation='xla' with table_sharding set)")
 
 
 def _resolve_mesh(fn: str, mesh):
@@ -260,7 +269,7 @@ def sharded_embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Ar
     requests dropped for capacity over the whole mesh (always 0 for "psum" or None capacity).
     """
     fn = "sharded_embedding_bag"
-    check_implementation(fn, implementation)
+    _check_xla(fn, implementation)
     _check_capacity_factor(f"{fn}: capacity_factor", capacity_factor)
     try:  # embedding_bag's own shape / dtype checks, and the output shape
         out_struct = jax.eval_shape(functools.partial(embedding_bag, n_groups=n_groups),
@@ -309,7 +318,7 @@ def sharded_row_dot(table: jax.Array, indices: jax.Array, x: jax.Array, *,
     [..., K], x [..., Dp] -> ``out[..., k] = <table[indices[..., k]], x>`` [..., K] in float32
     or wider. Other arguments as in ``sharded_embedding_bag``."""
     fn = "sharded_row_dot"
-    check_implementation(fn, implementation)
+    _check_xla(fn, implementation)
     _check_capacity_factor(f"{fn}: capacity_factor", capacity_factor)
     try:
         out_struct = jax.eval_shape(row_dot, *_shapes(table, indices, x))

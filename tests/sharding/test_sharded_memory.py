@@ -138,7 +138,8 @@ def test_all_to_all_capacity_drops_are_exact_and_counted():
 
 def test_errors_name_the_problem():
     """Property: unknown scheme, non-dividing rows, an axis missing from the mesh, no mesh,
-    token_axes containing the table axis and bad config fields raise ValueError saying so."""
+    token_axes containing the table axis, bad shapes / capacity / implementation and bad
+    config fields raise ValueError saying so."""
     values, idx, w, _, x = _inputs(n_rows=60)
     mesh = make_mesh({"mem": 8})
     with jax.set_mesh(mesh):
@@ -154,6 +155,8 @@ def test_errors_name_the_problem():
             sharded_embedding_bag(values[:56], idx, w[..., :3, :])
         with pytest.raises(ValueError, match="capacity_factor"):
             sharded_embedding_bag(values[:56], idx, w, capacity_factor=0)
+        with pytest.raises(ValueError, match="implementation='nope'"):
+            sharded_row_dot(values[:56], idx, x, implementation="nope")
     with pytest.raises(ValueError, match="no mesh"):
         sharded_embedding_bag(values[:56], idx, w)
     with pytest.raises(ValueError, match="UltraMemV2Config.table_sharding='ring'"):
