@@ -31,7 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seedjax.ops.common import check_implementation, score_dtype
+from seedjax.ops.common import check_implementation, kernel_implementation, score_dtype
 
 
 def _check_table(fn: str, table, indices) -> None:
@@ -75,6 +75,10 @@ def embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
         if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 1:
             raise ValueError(f"{fn}: n_groups={n_groups!r} must be a positive integer")
     w = weights if sliced else weights[..., None]
+    if implementation != "xla":
+        from kernels_pallas.embedding_bag import api
+        return api.embedding_bag(values, indices, weights, groups=groups, n_groups=n_groups,
+                                 implementation=kernel_implementation(implementation))
     return _embedding_bag_xla(values, indices, w, groups, n_groups)
 
 
@@ -111,6 +115,10 @@ def row_dot(table: jax.Array, indices: jax.Array, x: jax.Array, *,
     if x.shape != indices.shape[:-1] + (table.shape[1],):
         raise ValueError(f"{fn}: x shape {x.shape} must be indices' leading shape "
                          f"{indices.shape[:-1]} plus the table dim ({table.shape[1]},)")
+    if implementation != "xla":
+        from kernels_pallas.embedding_bag import api
+        return api.row_dot(table, indices, x,
+                           implementation=kernel_implementation(implementation))
     acc = score_dtype(table, x)
     rows = gather_rows(table, indices)                                       # [..., K, Dp]
     return jnp.einsum("...kd,...d->...k", rows.astype(acc), x.astype(acc),

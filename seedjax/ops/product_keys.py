@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from seedjax.ops.common import INT32_MAX as _INT32_MAX
 from seedjax.ops.common import check_implementation as _check_implementation
+from seedjax.ops.common import kernel_implementation
 from seedjax.ops.common import score_dtype as _score_dtype
 
 
@@ -73,6 +74,10 @@ def product_key_topk(q1: jax.Array, q2: jax.Array, k1: jax.Array, k2: jax.Array,
     if k1.shape != k2.shape:
         raise ValueError(f"product_key_topk: k1 shape {k1.shape} != k2 shape {k2.shape}")
     check_product_key_args(q1.shape, k1.shape, topk_side=topk_side, topk=topk)
+    if implementation != "xla":
+        from kernels_pallas.pk_retrieval import api
+        return api.product_key_topk(q1, q2, k1, k2, topk_side=topk_side, topk=topk,
+                                    implementation=kernel_implementation(implementation))
     return _product_key_topk_xla(q1, q2, k1, k2, topk_side=topk_side, topk=topk)
 
 

@@ -36,7 +36,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seedjax.ops.common import INT32_MAX, check_implementation, score_dtype
+from seedjax.ops.common import (INT32_MAX, check_implementation, kernel_implementation,
+                                score_dtype)
 
 PRESELECT = ("top", "abs")
 
@@ -97,6 +98,11 @@ def tucker_topk(q_row, q_col, k_row, k_col, cores, *, topk_side: int, topk: int,
     if preselect not in PRESELECT:
         raise ValueError(f"tucker_topk: preselect={preselect!r} is not one of {PRESELECT}")
     u, t = tucker_rank1(cores) if rank1 is None else rank1
+    if implementation != "xla":
+        from kernels_pallas.pk_retrieval import api
+        return api.tucker_topk(q_row, q_col, k_row, k_col, cores, topk_side=topk_side, topk=topk,
+                               rank1=(u, t), preselect=preselect,
+                               implementation=kernel_implementation(implementation))
     return _tucker_topk_xla(q_row, q_col, k_row, k_col, cores, u, t, topk_side=topk_side,
                             topk=topk, preselect=preselect)
 

@@ -201,7 +201,7 @@ def test_config_errors_name_the_field():
         PKMConfig(d_model=8, score_fn="relu")
     with pytest.raises(ValueError, match="PKMConfig.value_init_std=-1"):
         PKMConfig(d_model=8, value_init_std=-1)
-    with pytest.raises(ValueError, match=r"PKMConfig.implementation='pallas'.*\('xla',\)"):
+    with pytest.raises(ValueError, match=r"PKMConfig.implementation='pallas'.*\('xla', 'auto'"):
         PKMConfig(d_model=8, implementation="pallas")
     with pytest.raises(ValueError, match="input last dim 7 != d_model=16"):
         ProductKeyMemory(SMALL, rngs=nnx.Rngs(0))(jnp.zeros((2, 7)))

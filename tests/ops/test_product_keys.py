@@ -186,7 +186,7 @@ def test_errors_name_the_argument():
         product_key_topk(q1, q2, k1, k2[:, :5], topk_side=4, topk=4)
     with pytest.raises(ValueError, match=r"\(H, Dk/2\)"):
         product_key_topk(q1, q2, k1[:1], k2[:1], topk_side=4, topk=4)
-    with pytest.raises(ValueError, match=r"implementation='pallas' .*allowed: \('xla',\)"):
+    with pytest.raises(ValueError, match=r"implementation='pallas' .*allowed: \('xla', 'auto'"):
         product_key_topk(q1, q2, k1, k2, topk_side=4, topk=4, implementation="pallas")
     values, idx, w = (jnp.asarray(a) for a in _bag_inputs(0))
     with pytest.raises(ValueError, match="indices shape"):
