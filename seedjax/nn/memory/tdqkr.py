@@ -137,6 +137,19 @@ class TDQKRConfig:
                 * self.cores}
 
 
+def retrieval_config_of(layer_config, *, keys_per_side: int, keys_rule: str) -> TDQKRConfig:
+    """The ``TDQKRConfig`` of an UltraMem / UltraMemV2 config (same field names); errors are
+    re-labelled with the layer config's name and ``keys_rule`` (how keys per side is derived)."""
+    owner = type(layer_config).__name__
+    fields = {f.name: getattr(layer_config, f.name) for f in dataclasses.fields(TDQKRConfig)
+              if f.name not in ("n_keys", "norm_eps") and hasattr(layer_config, f.name)}
+    try:
+        return TDQKRConfig(n_keys=keys_per_side, **fields)
+    except ValueError as e:
+        raise ValueError(str(e).replace("keys per side n_keys", f"keys per side {keys_rule}")
+                         .replace("TDQKRConfig", owner)) from None
+
+
 def _layernorm(x, scale, bias, eps):
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)

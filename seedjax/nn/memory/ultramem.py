@@ -39,8 +39,8 @@ import numpy as np
 from flax import nnx
 
 from seedjax.nn.linear import project
-from seedjax.nn.memory.tdqkr import (TDQKRConfig, TuckerRetrieval, ive_permutation,
-                                     isqrt_exact)
+from seedjax.nn.memory.tdqkr import (TDQKRConfig, TuckerRetrieval, isqrt_exact,
+                                     ive_permutation, retrieval_config_of)
 from seedjax.nn.params import normal_init, param
 from seedjax.ops import embedding_bag
 from seedjax.ops.sharded_lookup import check_table_sharding, sharded_embedding_bag
@@ -126,18 +126,8 @@ class UltraMemConfig:
         return isqrt_exact("UltraMemConfig", "expand", self.expand) * self.n_keys
 
     def retrieval_config(self) -> TDQKRConfig:
-        try:
-            return TDQKRConfig(
-                d_model=self.d_model, n_keys=self.keys_per_side, heads=self.heads,
-                k_dim=self.k_dim, topk=self.topk, topk_side=self.topk_side, rank=self.rank,
-                cores=self.cores, query_mode=self.query_mode, qk_norm=self.qk_norm,
-                query_conv=self.query_conv, init=self.init, ln_gain_power=self.ln_gain_power,
-                preselect=self.preselect, aux_coef=self.aux_coef, aux_margin=self.aux_margin,
-                implementation=self.implementation)
-        except ValueError as e:
-            raise ValueError(str(e).replace("keys per side n_keys", "keys per side "
-                                            "sqrt(expand) * n_keys")
-                             .replace("TDQKRConfig", "UltraMemConfig")) from None
+        return retrieval_config_of(self, keys_per_side=self.keys_per_side,
+                                   keys_rule="sqrt(expand) * n_keys")
 
     def forward_flops_per_token(self) -> dict[str, int]:
         """Retrieval (``TDQKRConfig``) + value read 2 H m Dv + output projection 2 E Dv D."""

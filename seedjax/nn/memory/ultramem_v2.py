@@ -46,8 +46,8 @@ from flax import nnx
 
 from seedjax.nn.linear import project
 from seedjax.nn.memory.sharing import check_sharing, global_rows
-from seedjax.nn.memory.tdqkr import (TDQKRConfig, TuckerRetrieval, ive_permutation,
-                                     isqrt_exact)
+from seedjax.nn.memory.tdqkr import (TDQKRConfig, TuckerRetrieval, isqrt_exact,
+                                     ive_permutation, retrieval_config_of)
 from seedjax.nn.params import normal_init, param
 from seedjax.ops import embedding_bag, row_dot
 from seedjax.ops.sharded_lookup import (check_table_sharding, sharded_embedding_bag,
@@ -162,19 +162,8 @@ class UltraMemV2Config:
         return self.keys_per_side ** 2 != self.n_slots
 
     def retrieval_config(self) -> TDQKRConfig:
-        try:
-            return TDQKRConfig(
-                d_model=self.d_model, n_keys=self.keys_per_side, heads=self.heads,
-                k_dim=self.k_dim, topk=self.topk, topk_side=self.topk_side, rank=self.rank,
-                cores=self.cores, query_mode=self.query_mode, qk_norm=self.qk_norm,
-                query_conv=self.query_conv, init=self.init if self.init == "official"
-                else "paper", ln_gain_power=self.ln_gain_power, preselect=self.preselect,
-                aux_coef=self.aux_coef, aux_margin=self.aux_margin,
-                implementation=self.implementation)
-        except ValueError as e:
-            raise ValueError(str(e).replace("keys per side n_keys", "keys per side "
-                                            "isqrt(expand * share_group) * n_keys")
-                             .replace("TDQKRConfig", "UltraMemV2Config")) from None
+        return retrieval_config_of(self, keys_per_side=self.keys_per_side,
+                                   keys_rule="isqrt(expand * share_group) * n_keys")
 
     @property
     def memory_to_ffn_ratio(self) -> float:
