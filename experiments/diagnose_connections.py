@@ -27,13 +27,18 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workdirs", None, "Comma-separated run directories (with checkpoints/).")
-flags.DEFINE_list("names", None, "Comma-separated display names (default: the basenames).")
-flags.DEFINE_string("out", None, "Output directory for PNGs and diagnostics.json.")
-flags.DEFINE_integer("batches", 4, "Validation batches per run.")
-flags.DEFINE_integer("max_tokens", 2048, "Token subsample for the per-token ('products') "
-                     "unfolding and gains.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: latest of each run).")
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a script (so importing ``run`` in tests or other
+    tools does not clash with their flags, e.g. ``--out``)."""
+    flags.DEFINE_list("workdirs", None, "Comma-separated run directories (with checkpoints/).")
+    flags.DEFINE_list("names", None, "Comma-separated display names (default: the basenames).")
+    flags.DEFINE_string("out", None, "Output directory for PNGs and diagnostics.json.")
+    flags.DEFINE_integer("batches", 4, "Validation batches per run.")
+    flags.DEFINE_integer("max_tokens", 2048, "Token subsample for the per-token ('products') "
+                         "unfolding and gains.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: latest of each run).")
 
 
 def jsonable(x):
@@ -163,5 +168,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["workdirs", "out"])
     app.run(main)
