@@ -27,13 +27,18 @@ from absl import logging as absl_logging
 from experiments.overrides import apply_overrides
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "Paper config file[:variant].")
-flags.DEFINE_string("out", None, "Results directory, e.g. results/hyper_connections.")
-flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
-flags.DEFINE_string("rows", "", "Only these row names (comma-separated); default all.")
-flags.DEFINE_string("workroot", "runs/reproduce", "Where the runs' checkpoints go.")
-flags.DEFINE_bool("dry_run", False, "List the runs and exit.")
-flags.DEFINE_bool("report_only", False, "Only rebuild the table and plots from finished runs.")
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a script (tests and tools import ``run_one`` /
+    ``write_report`` next to other CLIs' modules; shared names such as --out must not clash)."""
+    flags.DEFINE_string("config", None, "Paper config file[:variant].")
+    flags.DEFINE_string("out", None, "Results directory, e.g. results/hyper_connections.")
+    flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+    flags.DEFINE_string("rows", "", "Only these row names (comma-separated); default all.")
+    flags.DEFINE_string("workroot", "runs/reproduce", "Where the runs' checkpoints go.")
+    flags.DEFINE_bool("dry_run", False, "List the runs and exit.")
+    flags.DEFINE_bool("report_only", False, "Only rebuild the table and plots from finished runs.")
 
 
 def load_config_module(spec: str):
@@ -223,5 +228,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["config", "out"])
     app.run(main)
