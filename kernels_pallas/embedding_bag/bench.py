@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas.timing import time_call
 from kernels_pallas.embedding_bag import arg_specs, tpu
 from kernels_pallas.embedding_bag.arg_specs import SPECS, ArgSpec
 from kernels_pallas.embedding_bag.config import TPU_TILES
@@ -272,14 +273,7 @@ def memcpy_bandwidth(n_bytes: int = 256 << 20, reps: int = 5) -> float:
     return 2 * n_bytes / best
 
 
-def _time(f, args, reps: int) -> float:
-    jax.block_until_ready(f(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+_time = time_call
 
 
 def roofline(specs, quick: bool = True, reps: int = 3) -> list[dict]:

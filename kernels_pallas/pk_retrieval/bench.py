@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas.timing import time_call
 from kernels_pallas.pk_retrieval import api, arg_specs, config, tpu
 
 TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
@@ -78,15 +79,7 @@ def _cpu_peaks() -> tuple[float, float]:
     return 2 * 2048 ** 3 / t_mm / 1e9, 2 * x.nbytes / t_cp / 1e9
 
 
-def _time(f, args, reps: int = 3, best: bool = False) -> float:
-    """Median (or best) wall time (s) of ``f(*args)`` after one warm-up call."""
-    jax.block_until_ready(f(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t0)
-    return float(np.min(ts) if best else np.median(ts))
+_time = time_call
 
 
 def _call(spec, impl):
