@@ -60,14 +60,19 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def val_tokens(config, batches: int) -> np.ndarray:
-    """The first ``batches`` validation input batches of a run's data config, [k*B, T] int32."""
+def val_token_batches(config, batches: int) -> list[np.ndarray]:
+    """The first ``batches`` validation input batches [B, T] (int32) of a run's data config."""
     from seedjax.data import build_lm_data
     d = config.data
     data = build_lm_data(source=d.source, seq_len=int(d.seq_len), batch_size=int(d.batch_size),
                          seed=int(config.train.seed), val_fraction=float(d.val_fraction),
                          max_val_batches=int(d.max_val_batches))
-    return np.concatenate([b["inputs"] for b in data.val_batches()[:batches]], axis=0)
+    return [np.asarray(b["inputs"], np.int32) for b in data.val_batches()[:batches]]
+
+
+def val_tokens(config, batches: int) -> np.ndarray:
+    """The same batches concatenated, [k*B, T] int32."""
+    return np.concatenate(val_token_batches(config, batches), axis=0)
 
 
 def diagnose_model(model, tokens: np.ndarray, *, chunk: int | None = None,

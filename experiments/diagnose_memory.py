@@ -23,6 +23,8 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
+from experiments.diagnose_connections import jsonable, val_token_batches
+
 FLAGS = flags.FLAGS
 
 
@@ -33,31 +35,6 @@ def _define_flags():  # at __main__ only, so importing run() defines no global f
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_bool("progress", True, "Show a progress bar over batches.")
     flags.mark_flag_as_required("workdir")
-
-
-def jsonable(x):
-    """numpy arrays/scalars (nested in dicts/lists) -> JSON types; non-finite floats -> None."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    return x
-
-
-def val_token_batches(config, batches: int) -> list[np.ndarray]:
-    """The first ``batches`` validation input batches [B, T] (int32) of a run's data config."""
-    from seedjax.data import build_lm_data
-    d = config.data
-    data = build_lm_data(source=d.source, seq_len=int(d.seq_len), batch_size=int(d.batch_size),
-                         seed=int(config.train.seed), val_fraction=float(d.val_fraction),
-                         max_val_batches=int(d.max_val_batches))
-    return [np.asarray(b["inputs"], np.int32) for b in data.val_batches()[:batches]]
 
 
 def run(workdir: str, out: str | None = None, batches: int = 8, step: int | None = None,
