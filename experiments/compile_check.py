@@ -31,9 +31,11 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("chips", ["v5e", "v5p"], "TPU generations (4-chip slices): v5e, v5p.")
-flags.DEFINE_list("schemes", ["gspmd", "psum", "all_to_all"],
-                  "lookup schemes: psum, all_to_all (seedjax.ops.sharded_lookup) and gspmd (the "
-                  "control: plain gathers, table_sharding=None, partitioned by XLA).")
+flags.DEFINE_list("schemes", ["gspmd", "psum", "all_to_all", "psum_pallas"],
+                  "lookup schemes: psum, all_to_all (seedjax.ops.sharded_lookup; XLA gathers), "
+                  "psum_pallas (psum with the Pallas TPU kernels: embedding_bag / row_dot on "
+                  "each chip's rows, Tucker retrieval per token shard) and gspmd (the control: "
+                  "plain gathers, table_sharding=None, partitioned by XLA).")
 flags.DEFINE_float("capacity_factor", 2.0,
                    "also compile all_to_all with this capacity factor (0: skip that row).")
 flags.DEFINE_bool("tiny", False, "tiny shapes (the test): d 64, knum 16, Dk 32, Dv 32, Dp 16, "
@@ -49,13 +51,19 @@ TINY = dict(d_model=64, n_keys=16, k_dim=32, v_dim=32, p_dim=16, topk=8)
 MIB = 2 ** 20
 
 
+SCHEMES = {  # row label -> (table_sharding, implementation)
+    "gspmd": (None, "xla"), "psum": ("psum", "xla"), "all_to_all": ("all_to_all", "xla"),
+    "psum_pallas": ("psum", "pallas_tpu")}
+
+
 def layer_config(scheme: str, capacity_factor, tiny: bool):
     from seedjax.nn.memory import UltraMemV2Config
+    sharding, implementation = SCHEMES[scheme]
     # init="official": the same shapes as "paper" without the calibration forward pass
     return UltraMemV2Config(**(TINY if tiny else PRODUCTION), heads=1, rank=2, cores=2,
-                            init="official", table_sharding=None if scheme == "gspmd" else scheme,
-                            table_axis="mem",
-                            table_capacity_factor=capacity_factor)
+                            init="official", table_sharding=sharding, table_axis="mem",
+                            table_capacity_factor=capacity_factor,
+                            implementation=implementation)
 
 
 def compile_layer(chip: str, scheme: str, capacity_factor, *, tiny: bool, batch: int,
@@ -113,6 +121,7 @@ def compile_layer(chip: str, scheme: str, capacity_factor, *, tiny: bool, batch:
         "collectives": {op: len(re.findall(rf" {op}(-start)?\(", hlo))
                         for op in ("all-to-all", "all-reduce", "all-gather", "reduce-scatter",
                                    "collective-permute")},
+        "kernels": len(re.findall(r"tpu_custom_call", hlo)),
         "tables_all_gathered": [k for k, t in table_shapes.items()
                                 if any(f"{t}{{" in ln.split("=", 1)[-1] for ln in gathers)],
         "config": cfg, "param_shapes": {k: (tuple(s.shape), str(s.dtype), str(flat_sh[k].spec))
@@ -179,8 +188,9 @@ def render(rows: list[dict], *, tiny: bool, batch: int, seq: int, argv: list[str
         "all-gather).", "",
         "## Per-chip memory_analysis()", "",
         "| chip | scheme | a2a capacity | compile s | argument MiB | output MiB | temp MiB | "
-        "generated code MiB | collectives in optimized HLO | whole table all-gathered |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "generated code MiB | collectives in optimized HLO | Pallas calls | "
+        "whole table all-gathered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         col = ", ".join(f"{op} {n}" for op, n in r["collectives"].items() if n)
@@ -188,7 +198,7 @@ def render(rows: list[dict], *, tiny: bool, batch: int, seq: int, argv: list[str
         lines.append(
             f"| {r['chip']} | {r['scheme']} | {cap} | {r['compile_s']:.1f} | "
             f"{r['argument'] / MIB:.1f} | {r['output'] / MIB:.1f} | {r['temp'] / MIB:.1f} | "
-            f"{r['code'] / MIB:.2f} | {col or 'none'} | "
+            f"{r['code'] / MIB:.2f} | {col or 'none'} | {r['kernels']} | "
             f"{'YES: ' + ', '.join(r['tables_all_gathered']) if r['tables_all_gathered'] else 'no'} |")
     lines += [
         "", "Columns: `argument_size_in_bytes` (params + x on one chip), "
@@ -196,7 +206,8 @@ def render(rows: list[dict], *, tiny: bool, batch: int, seq: int, argv: list[str
         "tables), `temp_size_in_bytes` (activations kept for the backward pass, gather "
         "buffers, all-to-all buffers), `generated_code_size_in_bytes`. Collectives are counted "
         "from `compiled.as_text()` (async `-start` forms included); 'whole table all-gathered' "
-        "checks that no all-gather produces an array of a full table's shape.", "",
+        "checks that no all-gather produces an array of a full table's shape; 'Pallas calls' "
+        "counts `tpu_custom_call` ops (the Mosaic kernels) in the optimized HLO.", "",
         "all_to_all capacity: 'worst case' = t K slots per destination (exact, never drops, "
         f"buffers [S, t K] ids and [S, t K, D] rows: S = {N_CHIPS} times the requests); "
         "'factor f' = ceil(f t K / S) slots, requests beyond it are dropped and counted "
@@ -232,6 +243,9 @@ def main(argv):
     del argv
     if "JAX_PLATFORMS" in os.environ and "tpu" not in os.environ["JAX_PLATFORMS"]:
         raise SystemExit("compile_check: unset JAX_PLATFORMS (it hides the TPU topology)")
+    for sc in FLAGS.schemes:
+        if sc not in SCHEMES:
+            raise SystemExit(f"--schemes: {sc!r} unknown; allowed: {sorted(SCHEMES)}")
     for ch in FLAGS.chips:
         if ch not in TOPOLOGIES:
             raise SystemExit(f"--chips: {ch!r} unknown; allowed: {sorted(TOPOLOGIES)}")

@@ -68,7 +68,9 @@ def run_one(base, row: dict, seed: int, workdir: str) -> dict:
     train = summary["train"] or {}
     from seedjax.train.metrics import read_metrics
     rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    curve = lambda split: [[r["step"], r["loss"]] for r in rows if r["split"] == split]
+    # a resumed run logs the steps after its checkpoint again: keep the last value per step
+    curve = lambda split: sorted({r["step"]: r["loss"] for r in rows
+                                  if r["split"] == split}.items())
     extra = {}
     if summary["status"] == "completed" and "task_eval" in cfg:  # memory-task accuracy hook
         import jax

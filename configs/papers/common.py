@@ -27,6 +27,7 @@ def base_config(variant: str | None, name: str):
         c.data.update(seq_len=128, batch_size=16, max_val_batches=16)
         c.train.update(steps=600, lr=3e-3, warmup_steps=60, log_every=50, eval_every=100,
                        checkpoint_every=200)
+        c.sample.length = 100   # prompt + sample must fit max_seq_len=128
     else:
         c.train.update(steps=3, warmup_steps=1, log_every=1, eval_every=3, checkpoint_every=3)
     return c

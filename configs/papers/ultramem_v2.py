@@ -18,6 +18,7 @@ Base: the 1.3M-parameter byte LM of configs/papers/common.py (d=128, 6 layers, S
   * PEER vs plain (Fig. 2): plain values with 2x the slots, Dv = (Dp + Dv) / 2 of the PEER
     layer and 2x top-m, so value parameters and bytes read per token are equal, as in the
     paper's 789^2 x 288 top-48 (plain) vs 558^2 x (288 + 288) top-24 (PEER).
+  * Init: eq. 26 ("paper", the default) vs the released code's N(0, 0.02) tables.
 Paper column: V2 Table 3 eval loss at 227M/1.2B and the ablation deltas of §4.2.
 """
 from configs.papers.common import base_config, row
@@ -61,4 +62,6 @@ def get_sweep(variant=None):
         v2("v2_tucker_penalty", "-0.3 points without it (Fig. 8)", "F8", aux_coef=0.001),
         v2("v2_share_ring2", "S4/S9-Ring better (Fig. 11)", "F11", sharing="ring",
            share_group=2),
+        v2("v2_official_init", "- (released code's init; the paper argues for eq. 26)", "init",
+           init="official"),
     ]

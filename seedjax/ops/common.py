@@ -1,25 +1,37 @@
 """Shared helpers of the ``seedjax.ops`` entry points: the implementation switch and dtypes.
 
 ``implementation``:
-  * "xla": this package's pure-XLA reference (the default of every memory module);
-  * "auto": ``kernels_pallas`` picks by ``jax.default_backend()`` (TPU -> the Pallas TPU kernel,
-    GPU and CPU -> XLA, since the GPU kernels have never been compiled or timed on a GPU);
+  * "auto" (the default of every memory module): by ``jax.default_backend()``: TPU -> the
+    Pallas TPU kernel (float32 / bfloat16 operands), GPU and CPU -> XLA (the GPU kernels lower
+    for cuda but have never been timed on a GPU, so XLA stays the GPU default);
+  * "xla": this package's pure-XLA reference;
   * "pallas_tpu", "pallas_gpu": that kernel (TPU / Triton); "interpret": the TPU kernel in
     Pallas interpret mode (numerics on any backend).
-Pallas kernels are not auto-partitioned: under a multi-device mesh call them inside
-``jax.shard_map`` (see ``seedjax.ops.sharded_lookup``) or keep "xla".
+Under a ``jax.set_mesh`` mesh with more than one device, kernel calls run per token shard inside
+``jax.shard_map`` (``seedjax.ops.token_shards``), since XLA does not partition custom calls.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("xla", "auto", "pallas_tpu", "pallas_gpu", "interpret")
 INT32_MAX = 2**31 - 1
 
 
-def kernel_implementation(implementation: str) -> str | None:
-    """The ``kernels_pallas`` name of a non-"xla" implementation ("auto" -> None)."""
-    return None if implementation == "auto" else implementation
+KERNEL_DTYPES = (jnp.float32, jnp.bfloat16)
+
+
+def resolve_implementation(implementation: str, *operands) -> str:
+    """The implementation a call runs: "auto" -> "pallas_tpu" on a TPU backend when every
+    floating operand is float32 or bfloat16, else "xla"; other names unchanged."""
+    if implementation != "auto":
+        return implementation
+    floats = [jnp.result_type(x) for x in operands
+              if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    if jax.default_backend() == "tpu" and all(d in KERNEL_DTYPES for d in floats):
+        return "pallas_tpu"
+    return "xla"
 
 
 def check_implementation(fn: str, implementation: str) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seedjax.ops.common import check_implementation, kernel_implementation, score_dtype
+from seedjax.ops.common import check_implementation, resolve_implementation, score_dtype
 
 
 def _check_table(fn: str, table, indices) -> None:
@@ -53,7 +53,7 @@ def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
 
 def embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
                   groups: jax.Array | None = None, n_groups: int = 1,
-                  implementation: str = "xla") -> jax.Array:
+                  implementation: str = "auto") -> jax.Array:
     """Weighted sum of gathered rows, optionally per value slice and per output group (see the
     module docstring). Returns [..., Dv] (no ``groups``) or [..., n_groups, Dv]."""
     fn = "embedding_bag"
@@ -75,10 +75,21 @@ def embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
         if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 1:
             raise ValueError(f"{fn}: n_groups={n_groups!r} must be a positive integer")
     w = weights if sliced else weights[..., None]
-    if implementation != "xla":
+    impl = resolve_implementation(implementation, values, weights)
+    if impl != "xla":
         from kernels_pallas.embedding_bag import api
-        return api.embedding_bag(values, indices, weights, groups=groups, n_groups=n_groups,
-                                 implementation=kernel_implementation(implementation))
+
+        from seedjax.ops.token_shards import over_token_shards
+        k = indices.shape[-1]
+        tokens = [(indices.reshape(-1, k), -1),                     # -1: a pad slot
+                  (weights.reshape(-1, *weights.shape[indices.ndim - 1:]), 0)]
+        if groups is not None:
+            tokens.append((groups.reshape(-1, k), 0))
+        kernel = lambda i, wt, *rest: api.embedding_bag(
+            rest[-1], i, wt, groups=rest[0] if groups is not None else None,
+            n_groups=n_groups, implementation=impl)
+        out = over_token_shards(kernel, tokens, [values])
+        return out.reshape(*indices.shape[:-1], *out.shape[1:])
     return _embedding_bag_xla(values, indices, w, groups, n_groups)
 
 
@@ -97,7 +108,7 @@ def _embedding_bag_xla(values, indices, weights, groups, n_groups):
 
 
 def weighted_value_sum(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
-                       implementation: str = "xla") -> jax.Array:
+                       implementation: str = "auto") -> jax.Array:
     """``out[..., :] = sum_k weights[..., k] * values[indices[..., k], :]`` -> [..., Dv] (PKM's
     read; ``embedding_bag`` without slices or groups)."""
     if indices.shape != weights.shape:
@@ -107,7 +118,7 @@ def weighted_value_sum(values: jax.Array, indices: jax.Array, weights: jax.Array
 
 
 def row_dot(table: jax.Array, indices: jax.Array, x: jax.Array, *,
-            implementation: str = "xla") -> jax.Array:
+            implementation: str = "auto") -> jax.Array:
     """``out[..., k] = <table[indices[..., k]], x[...]>`` -> [..., K] in float32 or wider."""
     fn = "row_dot"
     check_implementation(fn, implementation)
@@ -115,10 +126,16 @@ def row_dot(table: jax.Array, indices: jax.Array, x: jax.Array, *,
     if x.shape != indices.shape[:-1] + (table.shape[1],):
         raise ValueError(f"{fn}: x shape {x.shape} must be indices' leading shape "
                          f"{indices.shape[:-1]} plus the table dim ({table.shape[1]},)")
-    if implementation != "xla":
+    impl = resolve_implementation(implementation, table, x)
+    if impl != "xla":
         from kernels_pallas.embedding_bag import api
-        return api.row_dot(table, indices, x,
-                           implementation=kernel_implementation(implementation))
+
+        from seedjax.ops.token_shards import over_token_shards
+        k = indices.shape[-1]
+        kernel = lambda i, xx, tab: api.row_dot(tab, i, xx, implementation=impl)
+        out = over_token_shards(kernel, [(indices.reshape(-1, k), -1),
+                                         (x.reshape(-1, x.shape[-1]), 0)], [table])
+        return out.reshape(indices.shape)
     acc = score_dtype(table, x)
     rows = gather_rows(table, indices)                                       # [..., K, Dp]
     return jnp.einsum("...kd,...d->...k", rows.astype(acc), x.astype(acc),

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from seedjax.ops.common import INT32_MAX as _INT32_MAX
 from seedjax.ops.common import check_implementation as _check_implementation
-from seedjax.ops.common import kernel_implementation
+from seedjax.ops.common import resolve_implementation
 from seedjax.ops.common import score_dtype as _score_dtype
 
 
@@ -59,7 +59,7 @@ def check_product_key_args(q_shape, k_shape, *, topk_side: int, topk: int) -> No
 
 
 def product_key_topk(q1: jax.Array, q2: jax.Array, k1: jax.Array, k2: jax.Array, *,
-                     topk_side: int, topk: int, implementation: str = "xla"
+                     topk_side: int, topk: int, implementation: str = "auto"
                      ) -> tuple[jax.Array, jax.Array]:
     """Top-``topk`` over the n_sub^2 product keys of each head: exact if topk <= topk_side or
     topk_side == n_sub, otherwise the top of the candidate grid (see the module docstring).
@@ -74,10 +74,16 @@ def product_key_topk(q1: jax.Array, q2: jax.Array, k1: jax.Array, k2: jax.Array,
     if k1.shape != k2.shape:
         raise ValueError(f"product_key_topk: k1 shape {k1.shape} != k2 shape {k2.shape}")
     check_product_key_args(q1.shape, k1.shape, topk_side=topk_side, topk=topk)
-    if implementation != "xla":
+    impl = resolve_implementation(implementation, q1, q2, k1, k2)
+    if impl != "xla":
         from kernels_pallas.pk_retrieval import api
-        return api.product_key_topk(q1, q2, k1, k2, topk_side=topk_side, topk=topk,
-                                    implementation=kernel_implementation(implementation))
+
+        from seedjax.ops.token_shards import over_token_shards
+        kernel = lambda a, b, c, d: api.product_key_topk(a, b, c, d, topk_side=topk_side,
+                                                         topk=topk, implementation=impl)
+        flat = lambda q: q.reshape(-1, *q.shape[-2:])
+        s, i = over_token_shards(kernel, [(flat(q1), 0), (flat(q2), 0)], [k1, k2])
+        return s.reshape(*q1.shape[:-1], topk), i.reshape(*q1.shape[:-1], topk)
     return _product_key_topk_xla(q1, q2, k1, k2, topk_side=topk_side, topk=topk)
 
 

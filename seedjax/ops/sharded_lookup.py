@@ -28,9 +28,12 @@ Two schemes (the math of both equals the unsharded op):
   dropped (read zero, like pad slots) and counted: ``return_dropped=True`` returns the total
   number dropped over the mesh so a training loop can check it is 0.
 
-The per-shard gathers are XLA gathers (``implementation="xla"`` only; a Pallas local gather
-is not wired in). Gradients come from JAX autodiff through ``shard_map``: the transposes of the local gathers
-are local scatter-adds into the shard's rows (so the table's gradient, and optimizer moments
+Per-shard work: "psum" runs ``embedding_bag`` / ``row_dot`` on the shard's rows with the ids
+shifted by the row offset, so ``implementation`` picks the XLA reference or a Pallas kernel
+("auto": the kernel on TPU; kernel partial sums are rounded to the table dtype before the f32
+psum); "all_to_all" gathers received row buffers in XLA ("auto" -> "xla"). Gradients come
+from JAX autodiff through ``shard_map``: the transposes of the local gathers are local
+scatter-adds into the shard's rows (so the table's gradient, and optimizer moments
 built from it, stay sharded like the table), psum's transpose is a broadcast, and
 ``all_to_all``'s transpose is the reverse ``all_to_all``. Weights' gradients of the psum
 scheme are psum'ed over ``axis`` by shard_map's replication rule.
@@ -54,13 +57,14 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
-from seedjax.ops.common import check_implementation, score_dtype
+from seedjax.ops.common import check_implementation, resolve_implementation, score_dtype
 from seedjax.ops.embedding_bag import embedding_bag, gather_rows, row_dot
+from seedjax.ops.token_shards import (DEFAULT_TOKEN_AXES, pad_tokens, run_shard_map, tokens_spec,
+                                      unpad_tokens)
 
 SCHEMES = ("psum", "all_to_all")
-DEFAULT_TOKEN_AXES = ("data", "fsdp")
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -91,12 +95,19 @@ def _shapes(*arrays):
     return [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in arrays]
 
 
-def _check_xla(fn: str, implementation: str) -> None:
+def _local_implementation(fn: str, implementation: str, scheme: str, *operands) -> str:
+    """The implementation of the per-shard lookup: "psum" runs ``embedding_bag`` / ``row_dot``
+    on the local rows with any implementation ("auto" resolves by backend); "all_to_all"'s
+    gathers and reductions are XLA ("auto" -> "xla", explicit kernels rejected)."""
     check_implementation(fn, implementation)
-    if implementation != "xla":
-        raise ValueError(f"{fn}: implementation={implementation!r} is not supported: the "
-                         "per-shard gathers of the sharded lookup are XLA gathers (use "
-                         "implementation='xla' with table_sharding set)")
+    impl = resolve_implementation(implementation, *operands)
+    if scheme == "all_to_all" and impl != "xla":
+        if implementation == "auto":
+            return "xla"
+        raise ValueError(f"{fn}: implementation={implementation!r} is not supported by the "
+                         "all_to_all scheme (its gathers run on received row buffers in XLA); "
+                         "use 'auto' or 'xla', or scheme='psum'")
+    return impl
 
 
 def _resolve_mesh(fn: str, mesh):
@@ -147,9 +158,13 @@ def masked_local_rows(table_local: jax.Array, indices: jax.Array, axis: str) -> 
     """Inside ``shard_map`` over ``axis``: table_local [N/S, D] (shard s's contiguous block),
     global ``indices`` [...] -> rows [..., D]: this shard's rows, zero for ids owned by other
     shards or outside [0, N). Its transpose is a scatter-add into ``table_local``."""
-    n_local = table_local.shape[0]
-    offset = lax.axis_index(axis).astype(indices.dtype) * n_local
-    return gather_rows(table_local, indices - offset)
+    return gather_rows(table_local, local_ids(indices, table_local.shape[0], axis))
+
+
+def local_ids(indices: jax.Array, n_local: int, axis: str) -> jax.Array:
+    """Inside ``shard_map`` over ``axis``: global row ids -> this shard's local ids (rows of
+    other shards fall outside [0, n_local) and so act as pad slots)."""
+    return indices - lax.axis_index(axis).astype(indices.dtype) * n_local
 
 
 def fetch_rows_all_to_all(table_local: jax.Array, indices: jax.Array, axis: str, *,
@@ -209,54 +224,12 @@ def bag_reduce(rows: jax.Array, weights: jax.Array, groups: jax.Array | None = N
 # ---- shard_map wrappers ------------------------------------------------------------------------
 
 
-def _explicit(mesh) -> bool:
-    return any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
-
-
-def _replicate(mesh, x):
-    return jax.sharding.reshard(x, NamedSharding(mesh, P()) if isinstance(mesh, jax.sharding.Mesh)
-                                else P())
-
-
-def _pad_tokens(mesh, x: jax.Array, n: int, fill) -> jax.Array:
-    """Pads the token dim 0 of x to n rows with ``fill``. Under an Explicit mesh x is first
-    replicated (concatenate needs operands of one sharding); the shard_map specs re-split it."""
-    if n == x.shape[0]:
-        return x
-    if _explicit(mesh):
-        x = _replicate(mesh, x)
-    pad = jnp.full((n - x.shape[0], *x.shape[1:]), fill, x.dtype)
-    return jnp.concatenate([x, pad], axis=0)
-
-
-def _unpad_tokens(mesh, x: jax.Array, n: int) -> jax.Array:
-    if n == x.shape[0]:
-        return x
-    if _explicit(mesh):  # Explicit slicing needs the sharded dim to stay divisible
-        x = _replicate(mesh, x)
-    return x[:n]
-
-
-def _run_shard_map(mesh, body, args, in_specs, out_specs):
-    """shard_map over ``mesh``; on a mesh with Explicit axes the inputs are first resharded to
-    their specs (shard_map refuses mismatched Explicit inputs instead of resharding)."""
-    if _explicit(mesh):
-        concrete = isinstance(mesh, jax.sharding.Mesh)
-        args = [jax.sharding.reshard(a, NamedSharding(mesh, s) if concrete else s)
-                for a, s in zip(args, in_specs)]
-    return jax.shard_map(body, mesh=mesh, in_specs=tuple(in_specs), out_specs=out_specs)(*args)
-
-
-def _tokens_spec(tok: tuple, *rest):
-    return P(tok if tok else None, *rest)
-
-
 def sharded_embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
                           groups: jax.Array | None = None, n_groups: int = 1,
                           scheme: str = "psum", axis: str = "mem", mesh=None,
                           token_axes: str | Sequence[str] | None = None,
                           capacity_factor: float | None = None, return_dropped: bool = False,
-                          implementation: str = "xla"):
+                          implementation: str = "auto"):
     """``embedding_bag`` (same arguments and result) with ``values`` [N, Dv] row-sharded over
     mesh axis ``axis``; ``scheme`` "psum" | "all_to_all" (module docstring).
 
@@ -269,7 +242,7 @@ def sharded_embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Ar
     requests dropped for capacity over the whole mesh (always 0 for "psum" or None capacity).
     """
     fn = "sharded_embedding_bag"
-    _check_xla(fn, implementation)
+    impl = _local_implementation(fn, implementation, scheme, values, weights)
     _check_capacity_factor(f"{fn}: capacity_factor", capacity_factor)
     try:  # embedding_bag's own shape / dtype checks, and the output shape
         out_struct = jax.eval_shape(functools.partial(embedding_bag, n_groups=n_groups),
@@ -283,19 +256,24 @@ def sharded_embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Ar
     n_tok = math.prod(lead)
     per = math.prod(mesh.shape[a] for a in tok)
     n_pad = -(-max(n_tok, 1) // per) * per
-    idx = _pad_tokens(mesh, indices.reshape(n_tok, k), n_pad, -1)
-    w = _pad_tokens(mesh, weights.reshape(n_tok, k, -1), n_pad, 0)      # [T, K, S]
+    idx = pad_tokens(mesh, indices.reshape(n_tok, k), n_pad, -1)
+    w = pad_tokens(mesh, weights.reshape(n_tok, k, -1), n_pad, 0)      # [T, K, S]
     args = [values, idx, w]
-    specs = [P(axis, None), _tokens_spec(tok, None), _tokens_spec(tok, None, None)]
+    specs = [P(axis, None), tokens_spec(tok, None), tokens_spec(tok, None, None)]
     if groups is not None:
-        args.append(_pad_tokens(mesh, groups.reshape(n_tok, k), n_pad, 0))
-        specs.append(_tokens_spec(tok, None))
+        args.append(pad_tokens(mesh, groups.reshape(n_tok, k), n_pad, 0))
+        specs.append(tokens_spec(tok, None))
     out_dims = (None,) * (len(out_struct.shape) - len(lead))
     all_axes = tuple(dict.fromkeys(tok + (axis,)))
     cap = _capacity(n_pad // per * k, n_shards, capacity_factor)
 
     def body(v, i, wt, *g):
         grp = g[0] if g else None
+        if scheme == "psum" and impl != "xla":  # the kernel on the local rows (partials in
+            part = embedding_bag(v, local_ids(i, v.shape[0], axis), wt,   # the table dtype)
+                                 groups=grp, n_groups=n_groups, implementation=impl)
+            part = part.astype(score_dtype(v, wt))
+            return lax.psum(part, axis).astype(v.dtype), jnp.zeros((), jnp.int32)
         if scheme == "psum":
             part = bag_reduce(masked_local_rows(v, i, axis), wt, grp, n_groups)
             return lax.psum(part, axis).astype(v.dtype), jnp.zeros((), jnp.int32)
@@ -303,9 +281,9 @@ def sharded_embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Ar
         out = bag_reduce(rows, wt, grp, n_groups)
         return out.astype(v.dtype), lax.psum(dropped, all_axes)
 
-    out, dropped = _run_shard_map(mesh, body, args, specs,
-                                  (_tokens_spec(tok, *out_dims), P()))
-    out = _unpad_tokens(mesh, out, n_tok).reshape(out_struct.shape)
+    out, dropped = run_shard_map(mesh, body, args, specs,
+                                 (tokens_spec(tok, *out_dims), P()), check_vma=impl == "xla")
+    out = unpad_tokens(mesh, out, n_tok).reshape(out_struct.shape)
     return (out, dropped) if return_dropped else out
 
 
@@ -313,12 +291,12 @@ def sharded_row_dot(table: jax.Array, indices: jax.Array, x: jax.Array, *,
                     scheme: str = "psum", axis: str = "mem", mesh=None,
                     token_axes: str | Sequence[str] | None = None,
                     capacity_factor: float | None = None, return_dropped: bool = False,
-                    implementation: str = "xla"):
+                    implementation: str = "auto"):
     """``row_dot`` with ``table`` [N, Dp] row-sharded over mesh axis ``axis``: indices int
     [..., K], x [..., Dp] -> ``out[..., k] = <table[indices[..., k]], x>`` [..., K] in float32
     or wider. Other arguments as in ``sharded_embedding_bag``."""
     fn = "sharded_row_dot"
-    _check_xla(fn, implementation)
+    impl = _local_implementation(fn, implementation, scheme, table, x)
     _check_capacity_factor(f"{fn}: capacity_factor", capacity_factor)
     try:
         out_struct = jax.eval_shape(row_dot, *_shapes(table, indices, x))
@@ -330,14 +308,17 @@ def sharded_row_dot(table: jax.Array, indices: jax.Array, x: jax.Array, *,
     n_tok = math.prod(lead)
     per = math.prod(mesh.shape[a] for a in tok)
     n_pad = -(-max(n_tok, 1) // per) * per
-    idx = _pad_tokens(mesh, indices.reshape(n_tok, k), n_pad, -1)
-    xs = _pad_tokens(mesh, x.reshape(n_tok, x.shape[-1]), n_pad, 0)
+    idx = pad_tokens(mesh, indices.reshape(n_tok, k), n_pad, -1)
+    xs = pad_tokens(mesh, x.reshape(n_tok, x.shape[-1]), n_pad, 0)
     all_axes = tuple(dict.fromkeys(tok + (axis,)))
     cap = _capacity(n_pad // per * k, n_shards, capacity_factor)
     acc = out_struct.dtype
 
     def body(tab, i, xx):
         xx = xx.astype(acc)
+        if scheme == "psum" and impl != "xla":
+            out = row_dot(tab, local_ids(i, tab.shape[0], axis), xx, implementation=impl)
+            return lax.psum(out.astype(acc), axis), jnp.zeros((), jnp.int32)
         if scheme == "psum":
             rows = masked_local_rows(tab, i, axis).astype(acc)
             out = jnp.einsum("tkd,td->tk", rows, xx, preferred_element_type=acc)
@@ -346,9 +327,9 @@ def sharded_row_dot(table: jax.Array, indices: jax.Array, x: jax.Array, *,
         out = jnp.einsum("tkd,td->tk", rows.astype(acc), xx, preferred_element_type=acc)
         return out, lax.psum(dropped, all_axes)
 
-    out, dropped = _run_shard_map(
+    out, dropped = run_shard_map(
         mesh, body, [table, idx, xs],
-        [P(axis, None), _tokens_spec(tok, None), _tokens_spec(tok, None)],
-        (_tokens_spec(tok, None), P()))
-    out = _unpad_tokens(mesh, out, n_tok).reshape(out_struct.shape)
+        [P(axis, None), tokens_spec(tok, None), tokens_spec(tok, None)],
+        (tokens_spec(tok, None), P()), check_vma=impl == "xla")
+    out = unpad_tokens(mesh, out, n_tok).reshape(out_struct.shape)
     return (out, dropped) if return_dropped else out

@@ -36,7 +36,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seedjax.ops.common import (INT32_MAX, check_implementation, kernel_implementation,
+from seedjax.ops.common import (INT32_MAX, check_implementation, resolve_implementation,
                                 score_dtype)
 
 PRESELECT = ("top", "abs")
@@ -80,7 +80,7 @@ def check_tucker_args(q_shape, k_shape, cores_shape, *, topk_side: int, topk: in
 
 def tucker_topk(q_row, q_col, k_row, k_col, cores, *, topk_side: int, topk: int,
                 rank1: tuple[jax.Array, jax.Array] | None = None, preselect: str = "top",
-                implementation: str = "xla") -> tuple[jax.Array, jax.Array]:
+                implementation: str = "auto") -> tuple[jax.Array, jax.Array]:
     """TDQKR top-``topk`` with per-core scores (see the module docstring).
 
     ``rank1`` = (u, t) [H, r] overrides the pre-selection vectors (default
@@ -98,11 +98,19 @@ def tucker_topk(q_row, q_col, k_row, k_col, cores, *, topk_side: int, topk: int,
     if preselect not in PRESELECT:
         raise ValueError(f"tucker_topk: preselect={preselect!r} is not one of {PRESELECT}")
     u, t = tucker_rank1(cores) if rank1 is None else rank1
-    if implementation != "xla":
+    impl = resolve_implementation(implementation, q_row, q_col, k_row, k_col, cores)
+    if impl != "xla":
         from kernels_pallas.pk_retrieval import api
-        return api.tucker_topk(q_row, q_col, k_row, k_col, cores, topk_side=topk_side, topk=topk,
-                               rank1=(u, t), preselect=preselect,
-                               implementation=kernel_implementation(implementation))
+
+        from seedjax.ops.token_shards import over_token_shards
+        kernel = lambda a, b, *shared: api.tucker_topk(
+            a, b, *shared[:3], topk_side=topk_side, topk=topk, rank1=shared[3:],
+            preselect=preselect, implementation=impl)
+        flat = lambda q: q.reshape(-1, *q.shape[-3:])
+        s, i = over_token_shards(kernel, [(flat(q_row), 0), (flat(q_col), 0)],
+                                 [k_row, k_col, cores, u, t])
+        lead = q_row.shape[:-2]                                   # [..., H]
+        return s.reshape(*lead, topk, cores.shape[0]), i.reshape(*lead, topk)
     return _tucker_topk_xla(q_row, q_col, k_row, k_col, cores, u, t, topk_side=topk_side,
                             topk=topk, preselect=preselect)
 
@@ -117,7 +125,8 @@ def _tucker_topk_xla(q_row, q_col, k_row, k_col, cores, u, t, *, topk_side, topk
         s = jnp.einsum("thrd,hnrd->thnr", q.reshape(-1, heads, rank, dk).astype(dt),
                        k.astype(dt), preferred_element_type=dt)             # [T, H, n, r]
         approx = jnp.einsum("thnr,hr->thn", s, jax.lax.stop_gradient(vec.astype(dt)))
-        _, idx = jax.lax.top_k(jnp.abs(approx) if preselect == "abs" else approx, topk_side)                            # [T, H, ks]
+        _, idx = jax.lax.top_k(jnp.abs(approx) if preselect == "abs" else approx,
+                               topk_side)                                     # [T, H, ks]
         return jnp.take_along_axis(s, idx[..., None], axis=2), idx            # [T, H, ks, r]
 
     s_row, i_row = side(q_row, k_row, u)

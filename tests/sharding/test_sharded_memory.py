@@ -3,6 +3,7 @@ schemes equal the unsharded ops (values and gradients), all_to_all capacity drop
 exactly, memory modules and a 2-layer UltraMemV2 LM train identically sharded and unsharded
 with the tables (and their Adam moments) split over "mem", and the TPU AOT compile script runs
 at a tiny shape when libtpu is installed."""
+import functools
 import importlib.util
 import os
 import pathlib
@@ -20,6 +21,7 @@ from seedjax.models import LM, LMConfig
 from seedjax.nn.memory import (PKMConfig, ProductKeyMemory, UltraMem, UltraMemConfig,
                                UltraMemV2Config)
 from seedjax.nn.partitioning import activation_rules
+from seedjax.ops import product_key_topk, tucker_topk
 from seedjax.ops.embedding_bag import embedding_bag, row_dot
 from seedjax.ops.sharded_lookup import sharded_embedding_bag, sharded_row_dot
 from seedjax.sharding import get_rules, make_mesh, param_shardings
@@ -45,13 +47,15 @@ def _inputs(n_rows=64, dv=8, k=6, lead=(3, 7), slices=2, groups=3, seed=0):
     return values, idx, weights, grp, x
 
 
-@pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda m: "x".join(f"{k}{v}" for k, v in m.items()))
-@pytest.mark.parametrize("scheme", ["psum", "all_to_all"])
-def test_schemes_equal_unsharded_values_and_grads(mesh_shape, scheme):
+@pytest.mark.parametrize("mesh_shape,scheme,impl", [
+    *[(m, s, "auto") for m in MESHES for s in ("psum", "all_to_all")],
+    (MESHES[0], "psum", "interpret")])
+def test_schemes_equal_unsharded_values_and_grads(mesh_shape, scheme, impl):
     """Property: for a table row-sharded over "mem", both schemes give embedding_bag's output
     (sliced weights + groups, and plain [..., K] weights) and row_dot's output, and the same
     gradients w.r.t. the table, the weights and x, to 1e-5 (f32); the table gradient stays
-    sharded over "mem". 21 tokens also exercise the token padding (not a multiple of 8)."""
+    sharded over "mem". 21 tokens also exercise the token padding (not a multiple of 8).
+    impl="interpret": the psum scheme runs the Pallas kernels on each shard's rows."""
     values, idx, w, grp, x = _inputs()
     w1 = w[..., 0]
 
@@ -64,8 +68,9 @@ def test_schemes_equal_unsharded_values_and_grads(mesh_shape, scheme):
     ref = jax.value_and_grad(lambda *a: loss(embedding_bag, row_dot, *a), argnums=(0, 1, 2, 3),
                              has_aux=True)(values, w, w1, x)
     mesh = make_mesh(mesh_shape)
-    bag = lambda *a, **k: sharded_embedding_bag(*a, scheme=scheme, axis="mem", **k)
-    dot = lambda *a: sharded_row_dot(*a, scheme=scheme, axis="mem")
+    bag = lambda *a, **k: sharded_embedding_bag(*a, scheme=scheme, axis="mem",
+                                                implementation=impl, **k)
+    dot = lambda *a: sharded_row_dot(*a, scheme=scheme, axis="mem", implementation=impl)
     with jax.set_mesh(mesh):
         v_sh = jax.device_put(values, NamedSharding(mesh, P("mem", None)))
         got = jax.jit(jax.value_and_grad(lambda *a: loss(bag, dot, *a), argnums=(0, 1, 2, 3),
@@ -94,6 +99,46 @@ def test_explicit_mesh_inputs_are_resharded():
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
         assert got[1][0].sharding.spec[0] == "mem"
+
+
+def test_kernels_run_per_token_shard_under_a_mesh():
+    """Property: under a data=4 x mem=2 mesh, the seedjax.ops entries with a Pallas kernel
+    (interpret mode) wrap it in shard_map over the token axes (the jaxpr has a shard_map; XLA
+    cannot partition the custom call) and equal the unsharded XLA reference: embedding_bag
+    (groups, 21 tokens padded to 24), row_dot, product_key_topk and tucker_topk, outputs and
+    gradients (1e-5 relative)."""
+    values, idx, w, grp, x = _inputs()
+    ks = jax.random.split(jax.random.key(3), 6)
+    q1, q2 = (jax.random.normal(k, (3, 7, 2, 4)) for k in ks[:2])
+    k1, k2 = (jax.random.normal(k, (2, 6, 4)) for k in ks[2:4])
+    qr = jax.random.normal(ks[4], (21, 2, 2, 4))
+    kr = jax.random.normal(ks[5], (2, 6, 2, 4))
+    cores = jax.random.normal(ks[0], (2, 2, 2, 2))
+
+    def loss(impl, v, w, x, q1, k1, qr, kr):
+        a = embedding_bag(v, idx, w, groups=grp, n_groups=3, implementation=impl)
+        b = row_dot(v, idx, x, implementation=impl)
+        s, i = product_key_topk(q1, q2, k1, k2, topk_side=3, topk=4, implementation=impl)
+        t, j = tucker_topk(qr, qr[::-1], kr, kr[:, ::-1], cores, topk_side=3, topk=4,
+                           implementation=impl)
+        total = jnp.sum(a * jnp.cos(a)) + jnp.sum(jnp.sin(b)) + jnp.sum(s ** 2) + jnp.sum(t ** 2)
+        return total, (i, j)
+
+    args = (values, w, x, q1, k1, qr, kr)
+    grad = lambda impl: jax.value_and_grad(functools.partial(loss, impl),
+                                           argnums=tuple(range(7)), has_aux=True)
+    ref = jax.jit(grad("xla"))(*args)
+    with jax.set_mesh(make_mesh({"data": 4, "mem": 2})):
+        assert "shard_map" in str(jax.make_jaxpr(grad("interpret"))(*args))
+        got = jax.jit(grad("interpret"))(*args)
+    (lv, (i, j)), g = got
+    (rv, (ri, rj)), rg = ref
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_array_equal(j, rj)
+    for a, b in zip(jax.tree.leaves((lv, g)), jax.tree.leaves((rv, rg))):
+        scale = max(1.0, float(jnp.max(jnp.abs(b))))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * scale)
+    assert "shard_map" not in str(jax.make_jaxpr(grad("interpret"))(*args))  # no mesh: plain
 
 
 def _drop_reference(idx, n_rows, n_shards, cap):
@@ -157,6 +202,8 @@ def test_errors_name_the_problem():
             sharded_embedding_bag(values[:56], idx, w, capacity_factor=0)
         with pytest.raises(ValueError, match="implementation='nope'"):
             sharded_row_dot(values[:56], idx, x, implementation="nope")
+        with pytest.raises(ValueError, match="not supported by the all_to_all scheme"):
+            sharded_row_dot(values[:56], idx, x, scheme="all_to_all", implementation="interpret")
     with pytest.raises(ValueError, match="no mesh"):
         sharded_embedding_bag(values[:56], idx, w)
     with pytest.raises(ValueError, match="UltraMemV2Config.table_sharding='ring'"):
@@ -271,21 +318,48 @@ def test_ultramem_v2_lm_trains_same_sharded(lm_init, scheme, mesh_shape):
 # ---- TPU AOT compile script at a tiny shape --------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                    reason="libtpu not installed (pip install 'jax[tpu]==0.10.2'): no TPU "
-                           "topology to AOT-compile for")
-def test_compile_check_tiny(tmp_path):
-    """Property: experiments/compile_check.py AOT-compiles an UltraMemV2 layer fwd+bwd with its
-    tables sharded over a 4-chip v5e topology (both schemes, tiny shape) and writes the
-    memory-analysis table. Runs in a subprocess: libtpu needs JAX_PLATFORMS unset."""
+NO_LIBTPU = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu not installed (pip install 'jax[tpu]==0.10.2'): no TPU topology to "
+           "AOT-compile for")
+
+
+def _compile_check(tmp_path, schemes: str) -> str:
+    """Runs experiments/compile_check.py --tiny on v5e in a subprocess (libtpu needs
+    JAX_PLATFORMS unset; ALLOW_MULTIPLE_LIBTPU_LOAD lets it run beside other JAX processes)
+    and returns the markdown it wrote."""
     out = tmp_path / "compile.md"
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
-    env["PYTHONPATH"] = str(ROOT)
+    env.update(PYTHONPATH=str(ROOT), ALLOW_MULTIPLE_LIBTPU_LOAD="1")
     res = subprocess.run([sys.executable, str(ROOT / "experiments" / "compile_check.py"),
-                          "--tiny", "--chips", "v5e", "--schemes", "psum,all_to_all",
+                          "--tiny", "--chips", "v5e", "--schemes", schemes,
                           "--capacity_factor", "0", "--out", str(out)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    text = out.read_text()
-    assert "| v5e | psum |" in text and "| v5e | all_to_all |" in text
+    return out.read_text()
+
+
+def _row(text: str, scheme: str) -> list[str]:
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| v5e | {scheme} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+@pytest.mark.slow
+@NO_LIBTPU
+def test_compile_check_tiny(tmp_path):
+    """Property: experiments/compile_check.py AOT-compiles an UltraMemV2 layer fwd+bwd with its
+    tables sharded over a 4-chip v5e topology (both XLA schemes, tiny shape), with no whole
+    table all-gathered, and writes the memory-analysis table."""
+    text = _compile_check(tmp_path, "psum,all_to_all")
+    for scheme in ("psum", "all_to_all"):
+        assert _row(text, scheme)[-1] == "no"
+
+
+@NO_LIBTPU
+def test_compile_check_tiny_with_pallas_kernels(tmp_path):
+    """Property: the same layer with implementation="pallas_tpu" (Tucker retrieval kernel per
+    token shard, embedding-bag / row-dot kernels on each chip's rows inside the psum lookup)
+    AOT-compiles for 4 v5e chips: the optimized HLO has Mosaic calls and no whole table
+    all-gathered."""
+    row = _row(_compile_check(tmp_path, "psum_pallas"), "psum_pallas")
+    assert int(row[-2]) > 0 and row[-1] == "no", row

@@ -90,7 +90,8 @@ class PKMConfig:
       value_init_std / query_init_std / out_init_std: None -> Dv**-0.5 / d_model**-0.5 /
         Dv**-0.5.
       norm_eps: LayerNorm epsilon of the query norm.
-      implementation: kernel implementation for ``seedjax.ops`` (one of ``IMPLEMENTATIONS``).
+      implementation: kernel implementation for ``seedjax.ops`` (one of ``IMPLEMENTATIONS``;
+        default "auto": the Pallas kernels on TPU, XLA on CPU and GPU).
       table_sharding: None (plain gather) | "psum" | "all_to_all": read the value table
         row-sharded over mesh axis ``table_axis`` with ``seedjax.ops.sharded_lookup`` (under
         the ``jax.set_mesh`` context); table_capacity_factor: all_to_all capacity (None =
@@ -110,7 +111,7 @@ class PKMConfig:
     query_init_std: float | None = None
     out_init_std: float | None = None
     norm_eps: float = 1e-5
-    implementation: str = "xla"
+    implementation: str = "auto"
     table_sharding: str | None = None
     table_axis: str = "mem"
     table_capacity_factor: float | None = None

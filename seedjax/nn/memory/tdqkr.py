@@ -72,7 +72,8 @@ class TDQKRConfig:
     qk_norm (LayerNorm on queries and keys, True); query_conv (causal depthwise conv taps on the
     query input, 0 = off); init ("official" | "paper"); ln_gain_power (official LN gain
     Dk**-power); preselect ("top" = papers' filter | "abs"); aux_coef alpha (0 = off) and
-    aux_margin tau (0.15); norm_eps; implementation (``seedjax.ops``).
+    aux_margin tau (0.15); norm_eps; implementation (``seedjax.ops``; "auto" = Pallas on TPU,
+    XLA elsewhere).
     """
 
     d_model: int
@@ -92,7 +93,7 @@ class TDQKRConfig:
     aux_coef: float = 0.0
     aux_margin: float = 0.15
     norm_eps: float = 1e-5
-    implementation: str = "xla"
+    implementation: str = "auto"
 
     def __post_init__(self):
         owner = type(self).__name__

@@ -91,7 +91,7 @@ class UltraMemConfig:
     values_weight_decay: bool = True
     shuffle_seed: int = 0
     ln_gain_power: float = 0.33
-    implementation: str = "xla"
+    implementation: str = "auto"
     table_sharding: str | None = None
     table_axis: str = "mem"
     table_capacity_factor: float | None = None
