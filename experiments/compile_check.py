@@ -229,6 +229,15 @@ def render(rows: list[dict], *, tiny: bool, batch: int, seq: int, argv: list[str
                  + ". An all-gathered table costs its full size in bytes per chip and per step "
                  "and grows with the table, not with the tokens.")
     for r in rows:
+        if r["scheme"] == "psum_pallas":
+            xla = next((x for x in rows if x["chip"] == r["chip"] and x["scheme"] == "psum"), None)
+            lines.append(
+                f"- psum_pallas ({r['chip']}): the psum lookup with `implementation=\"pallas_tpu\"` "
+                f"compiles with {r['kernels']} Mosaic calls (Tucker retrieval per token shard, "
+                "embedding bag and row dot on each chip's rows, their backward kernels); temp "
+                f"{r['temp'] / MIB:.0f} MiB"
+                + (f" vs {xla['temp'] / MIB:.0f} MiB for the XLA psum row." if xla else "."))
+    for r in rows:
         if r["scheme"] == "all_to_all":
             lines.append(f"- all_to_all: {r['collectives']['all-to-all']} all-to-alls in the "
                          "optimized HLO of the fwd+bwd (the pre-value and value reads bucket the "
