@@ -151,7 +151,11 @@ def embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
     elif opts.impl == "xla":
         out = reference.embedding_bag(values, idx, w, grp, n_groups)
     else:
-        grp = jnp.zeros((t, k), jnp.int32) if grp is None else grp.astype(jnp.int32)
+        if grp is None:
+            grp = jnp.zeros((t, k), jnp.int32)
+        else:  # group ids outside [0, G) contribute nothing (the kernels mask only G > 1)
+            grp = grp.astype(jnp.int32)
+            w = jnp.where(((grp >= 0) & (grp < n_groups))[..., None], w, jnp.zeros_like(w))
         out = _bag(opts, values, idx.astype(jnp.int32), w, grp)
     shape = lead + ((n_groups,) if groups is not None else ()) + (dim,)
     return out.reshape(shape)

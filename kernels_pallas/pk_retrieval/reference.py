@@ -23,8 +23,9 @@ TDQKR (per token, per head; r Tucker ranks, Dk per rank, h_c cores C_c [r, r]):
 The r- and h_c-contractions are written as explicit sums in the order above (not einsum), so
 a kernel that evaluates them in the same order can reproduce the scores bit for bit.
 
-Ties: ``lax.top_k`` keeps the lowest position first, i.e. the lowest sub-key index in the side
-stage and the lexicographically smallest rank pair (a, b) in the grid stage.
+Ties: the lowest position first, i.e. the lowest sub-key index in the side stage and the
+lexicographically smallest rank pair (a, b) in the grid stage; -0.0 and +0.0 tie (``_top_k``:
+``lax.top_k`` alone ranks -0 below +0, while the kernels' max comparison treats them as equal).
 
 Gradients flow through the selected scores only (the top-k's JVP is a gather); ``pk_rescore``
 and ``tucker_rescore`` recompute those scores from returned indices and give the same VJP.
@@ -40,6 +41,12 @@ def score_dtype(*xs) -> jnp.dtype:
     return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
 
 
+def _top_k(x, k):
+    """lax.top_k (last axis) with signed zeros tied; values and gradients from x."""
+    _, idx = jax.lax.top_k(jnp.where(x == 0, jnp.zeros_like(x), x), k)
+    return jnp.take_along_axis(x, idx, axis=-1), idx
+
+
 def _side_scores(q, k, dt):
     """q [T, H, d], k [H, n, d] -> [T, H, n] in dtype dt."""
     return jnp.einsum("thd,hnd->thn", q.astype(dt), k.astype(dt), preferred_element_type=dt)
@@ -53,10 +60,10 @@ def product_key_topk_reference(q1, q2, k1, k2, *, topk_side: int, topk: int):
     dt = score_dtype(q1, q2, k1, k2)
     s1 = _side_scores(q1.reshape(-1, heads, d), k1, dt)
     s2 = _side_scores(q2.reshape(-1, heads, d), k2, dt)
-    v1, i1 = jax.lax.top_k(s1, topk_side)                               # [T, H, ks]
-    v2, i2 = jax.lax.top_k(s2, topk_side)
+    v1, i1 = _top_k(s1, topk_side)                               # [T, H, ks]
+    v2, i2 = _top_k(s2, topk_side)
     grid = (v1[..., :, None] + v2[..., None, :]).reshape(*v1.shape[:-1], topk_side ** 2)
-    scores, flat = jax.lax.top_k(grid, topk)                            # [T, H, topk]
+    scores, flat = _top_k(grid, topk)                            # [T, H, topk]
     row = jnp.take_along_axis(i1, flat // topk_side, axis=-1)
     col = jnp.take_along_axis(i2, flat % topk_side, axis=-1)
     indices = (row * n + col).astype(jnp.int32)
@@ -121,14 +128,14 @@ def tucker_topk_reference(q_row, q_col, k_row, k_col, cores, *, topk_side: int, 
                        k.astype(dt), preferred_element_type=dt)               # [T, H, n, r]
         vec = jax.lax.stop_gradient(vec.astype(dt))
         approx = _rank_sum([s[..., rho] * vec[None, :, None, rho] for rho in range(rank)])
-        _, idx = jax.lax.top_k(jnp.abs(approx) if preselect == "abs" else approx, topk_side)
+        _, idx = _top_k(jnp.abs(approx) if preselect == "abs" else approx, topk_side)
         return jnp.take_along_axis(s, idx[..., None], axis=2), idx              # [T, H, ks, r]
 
     s_row, i_row = side(q_row, k_row, u)
     s_col, i_col = side(q_col, k_col, t)
     per_core = _grid(s_row, s_col, cores)                                      # h_c x [T,H,ks,ks]
     total = _rank_sum(per_core).reshape(*s_row.shape[:2], topk_side ** 2)
-    _, flat = jax.lax.top_k(total, topk)                                       # [T, H, topk]
+    _, flat = _top_k(total, topk)                                       # [T, H, topk]
     scores = jnp.stack([jnp.take_along_axis(g.reshape(total.shape), flat, axis=-1)
                         for g in per_core], axis=-1)                           # [T, H, topk, h_c]
     row = jnp.take_along_axis(i_row, flat // topk_side, axis=-1)

@@ -43,3 +43,12 @@ def check_implementation(fn: str, implementation: str) -> None:
 def score_dtype(*xs) -> jnp.dtype:
     """float32 at least (bf16 inputs score in f32; float64 stays float64 under x64)."""
     return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
+
+
+def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k`` over the last axis with -0.0 and +0.0 ranked as equal (ties keep the lowest
+    index, as the Pallas kernels' iterative max does; ``lax.top_k`` alone orders -0 below +0,
+    and which zero a dot product yields depends on the backend). Values, and their gradients,
+    are taken from ``x``."""
+    _, idx = jax.lax.top_k(jnp.where(x == 0, jnp.zeros_like(x), x), k)
+    return jnp.take_along_axis(x, idx, axis=-1), idx

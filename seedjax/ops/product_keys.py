@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from seedjax.ops.common import INT32_MAX as _INT32_MAX
 from seedjax.ops.common import check_implementation as _check_implementation
-from seedjax.ops.common import resolve_implementation
+from seedjax.ops.common import resolve_implementation, top_k
 from seedjax.ops.common import score_dtype as _score_dtype
 
 
@@ -99,10 +99,10 @@ def _product_key_topk_xla(q1, q2, k1, k2, *, topk_side: int, topk: int):
     dtype = _score_dtype(q1, q2, k1, k2)
     q1 = q1.reshape(-1, heads, half)
     q2 = q2.reshape(-1, heads, half)
-    s1, i1 = jax.lax.top_k(_side_scores(q1, k1, dtype), topk_side)   # [T, H, ks]
-    s2, i2 = jax.lax.top_k(_side_scores(q2, k2, dtype), topk_side)
+    s1, i1 = top_k(_side_scores(q1, k1, dtype), topk_side)   # [T, H, ks]
+    s2, i2 = top_k(_side_scores(q2, k2, dtype), topk_side)
     grid = (s1[..., :, None] + s2[..., None, :]).reshape(*s1.shape[:-1], topk_side * topk_side)
-    scores, flat = jax.lax.top_k(grid, topk)                           # [T, H, topk]
+    scores, flat = top_k(grid, topk)                           # [T, H, topk]
     row = jnp.take_along_axis(i1, flat // topk_side, axis=-1)
     col = jnp.take_along_axis(i2, flat % topk_side, axis=-1)
     indices = (row * n_sub + col).astype(jnp.int32)

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from seedjax.ops.common import (INT32_MAX, check_implementation, resolve_implementation,
-                                score_dtype)
+                                score_dtype, top_k)
 
 PRESELECT = ("top", "abs")
 
@@ -125,7 +125,7 @@ def _tucker_topk_xla(q_row, q_col, k_row, k_col, cores, u, t, *, topk_side, topk
         s = jnp.einsum("thrd,hnrd->thnr", q.reshape(-1, heads, rank, dk).astype(dt),
                        k.astype(dt), preferred_element_type=dt)             # [T, H, n, r]
         approx = jnp.einsum("thnr,hr->thn", s, jax.lax.stop_gradient(vec.astype(dt)))
-        _, idx = jax.lax.top_k(jnp.abs(approx) if preselect == "abs" else approx,
+        _, idx = top_k(jnp.abs(approx) if preselect == "abs" else approx,
                                topk_side)                                     # [T, H, ks]
         return jnp.take_along_axis(s, idx[..., None], axis=2), idx            # [T, H, ks, r]
 
@@ -134,7 +134,7 @@ def _tucker_topk_xla(q_row, q_col, k_row, k_col, cores, u, t, *, topk_side, topk
     per_core = jnp.einsum("thar,chrs,thbs->thabc", s_row, cores, s_col,
                           preferred_element_type=dt)                         # [T, H, ks, ks, h_c]
     per_core = per_core.reshape(*per_core.shape[:2], topk_side * topk_side, -1)
-    _, flat = jax.lax.top_k(jnp.sum(per_core, axis=-1), topk)                # [T, H, topk]
+    _, flat = top_k(jnp.sum(per_core, axis=-1), topk)                # [T, H, topk]
     scores = jnp.take_along_axis(per_core, flat[..., None], axis=2)          # [T, H, topk, h_c]
     row = jnp.take_along_axis(i_row, flat // topk_side, axis=-1)
     col = jnp.take_along_axis(i_col, flat % topk_side, axis=-1)

@@ -11,11 +11,9 @@ Every property compares ``implementation="interpret"`` with ``implementation="xl
   n, key dim, Tucker rank and core count, k_s in 1..n (k_s == n included), topk in
   {1, k_s, k_s^2 = the whole candidate grid, any}, the extraction chunk (one or several chunks),
   f32 / bf16 inputs, "top" / "abs" pre-selection, SVD or dyadic pre-selection vectors. Data is
-  either continuous (the arg_specs init) or small odd integers with duplicated sub-key rows,
-  where every score is exact and ties are everywhere (one distinct row: every slot ties). The
-  integer data is built so that no score is -0.0: signed-zero ties are a known mismatch
-  between the kernels and lax.top_k, pinned by ``test_signed_zero_scores_tie_like_lax_top_k``
-  (strict xfail).
+  either continuous (the arg_specs init) or small integers (zeros included) with duplicated
+  sub-key rows, where every score is exact and ties are everywhere (one distinct row: every
+  slot ties), including ties between -0.0 and +0.0 (``test_signed_zero_scores_tie``).
 * embedding_bag (PKM bag, value slices S, groups G as in MCS / IVE) and row_dot (PEER's
   pre-value coefficients): forward and VJP (d_values and d_weights; d_table and d_x) allclose to
   jax.grad of the reference (run on float32 copies for bf16 tables). Drawn: table rows N, row
@@ -23,8 +21,7 @@ Every property compares ``implementation="interpret"`` with ``implementation="xl
   split, token and K padding), f32 / bf16 tables; indices with forced duplicates within a bag
   (up to K copies of one id) and out-of-range pad ids (negative, >= N, the int32 extremes: they
   read zero rows and get no gradient), exact-zero weights (up to all of them), group ids outside
-  [0, G) for G > 1 (select no group; with G = 1 they are a known mismatch, pinned by
-  ``test_single_group_stray_ids``, strict xfail).
+  [0, G), G = 1 included (they select no group; ``test_single_group_stray_ids``).
 
 The default suite runs a few examples per property plus explicit edge cases (``@example``);
 the ``slow`` versions draw many more. ``derandomize=True`` makes the examples the same on every
@@ -38,6 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import seedjax.ops as seedjax_ops
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -68,9 +67,8 @@ SLOW = _settings(30)     # -m slow
 @dataclasses.dataclass(frozen=True)
 class PkCase:
     """One drawn retrieval problem. ``levels`` 0: continuous data (``spec.make(seed)``);
-    L > 0: odd integers in [-(2L - 1), 2L - 1] where sub-key rows ``distinct``.. of each side
-    repeat earlier rows (Tucker: odd Dk, diagonally dominant integer cores; see
-    ``_pk_args``). ``rank1``: Tucker (u, t) as nested tuples of nonzero dyadics, None -> SVD."""
+    L > 0: integers in [-L, L] where sub-key rows ``distinct``.. of each side repeat earlier
+    rows (Tucker: diagonally dominant integer cores; see ``_pk_args``). ``rank1``: Tucker (u, t) as nested tuples of nonzero dyadics, None -> SVD."""
     spec: Any                        # pk_specs.PKSpec | pk_specs.TuckerSpec
     seed: int = 0
     levels: int = 0
@@ -132,18 +130,15 @@ def tucker_cases(draw):
 
 def _pk_args(case: PkCase):
     """The case's arrays (queries, sub-keys, cores in spec order). Integer data makes every
-    score exact, so ties are exact in both implementations, but avoids signed zeros (see
-    ``test_signed_zero_scores_tie_like_lax_top_k``): with odd entries no product is zero, so
-    PKM side and grid scores are nonzero or +0; for TDQKR an odd Dk makes every rank score
-    odd, nonzero (u, t) and nonsingular cores then keep the pre-selection and grid sums off -0."""
+    score exact, so ties are exact in both implementations; zeros make -0.0 / +0.0 ties."""
     spec = case.spec
     if not case.levels:
         return spec.make(case.seed)
     rng = np.random.default_rng(case.seed)
-    odd = lambda shape: 2 * rng.integers(-case.levels, case.levels, size=shape) + 1  # noqa
+    ints = lambda shape: rng.integers(-case.levels, case.levels + 1, size=shape)  # noqa
     out = []
     for i, s in enumerate(spec.shapes()):
-        x = odd(s.shape)
+        x = ints(s.shape)
         if i in (2, 3):                                               # sub-keys [H, n, ...]
             x[:, case.distinct:] = x[:, rng.integers(0, case.distinct, spec.n - case.distinct)]
         elif i == 4:                                                  # cores [h_c, H, r, r]
@@ -230,15 +225,11 @@ def test_tucker_fuzz_many(case):
     _check_pk(case)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "signed-zero ties: lax.top_k (the reference) orders -0.0 below +0.0, the kernels (tpu.py "
-    "_extract, gpu.py) treat them as equal and take the lowest sub-key index; found by the fuzz "
-    "tests on integer data with zeros, where a zero query scores 0 * k = -0.0 for negative k"))
 @pytest.mark.parametrize("variant", ["pkm", "tdqkr"])
-def test_signed_zero_scores_tie_like_lax_top_k(variant):
-    """Minimal case: one token, one head, n = 2, d = 1, k_s = topk = 1, zero query, sub-keys
-    -1 and +1: side scores [-0.0, +0.0]. The reference picks sub-key 1 (index 2), the kernel
-    sub-key 0 (index 0)."""
+def test_signed_zero_scores_tie(variant):
+    """Property: -0.0 and +0.0 tie, so the lowest index wins in both the kernel and the
+    reference (found by fuzzing: bare lax.top_k ranks -0 below +0). One token, one head, n = 2,
+    d = 1, k_s = topk = 1, zero query, sub-keys -1 and +1: side scores [-0.0, +0.0] -> index 0."""
     keys = jnp.asarray([[[-1.0], [1.0]]])                            # [H=1, n=2, d=1]
     if variant == "pkm":
         args, call, kw = ((jnp.zeros((1, 1, 1)),) * 2 + (keys, jnp.ones((1, 2, 1))),
@@ -250,6 +241,9 @@ def test_signed_zero_scores_tie_like_lax_top_k(variant):
     want = call(*args, topk_side=1, topk=1, **kw, implementation="xla")
     got = call(*args, topk_side=1, topk=1, **kw, implementation="interpret")
     _assert_same(got, want)
+    assert int(want[1].ravel()[0]) == 0
+    ops = {"pkm": seedjax_ops.product_key_topk, "tdqkr": seedjax_ops.tucker_topk}[variant]
+    _assert_same(ops(*args, topk_side=1, topk=1, **kw, implementation="xla"), want)
 
 
 # ----------------------------------------------------------------------------- embedding_bag
@@ -295,8 +289,7 @@ def bag_cases(draw, op="bag"):
                    dup_frac=draw(_FRACS), zero_frac=draw(_FRACS),
                    dup=draw(st.sampled_from(["none", "pair", "all"])),
                    extreme_pads=draw(st.booleans()),
-                   # G = 1 with stray ids is the known mismatch of test_single_group_stray_ids
-                   stray_groups=draw(st.sampled_from([0.0, 0.3])) if groups > 1 else 0.0,
+                   stray_groups=draw(st.sampled_from([0.0, 0.3])),
                    weight_dtype=draw(st.sampled_from(["float32", dtype])), squeeze=not lead,
                    tiles=tiles)
 
@@ -361,15 +354,11 @@ def test_embedding_bag_fuzz_many(case):
     _check_bag(case)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with n_groups=1 the kernel path ignores the groups argument (tpu.py applies the group mask "
-    "only for G > 1; api._bag_bwd's G = 1 branch skips the one-hot), so a slot whose group id "
-    "is outside [0, 1) still counts in group 0 (forward, d_values, d_weights); the reference "
-    "drops it. Found by test_embedding_bag_fuzz_many"))
 @pytest.mark.parametrize("group", [-1, 1])
 def test_single_group_stray_ids(group):
-    """Minimal case: N = Dv = T = K = 1, G = 1, groups [[-1]] or [[1]] (outside [0, G)): the
-    reference returns 0 and zero gradients, the kernel w * values[0] and nonzero gradients."""
+    """Property: with G = 1, a slot whose group id is outside [0, G) contributes nothing in the
+    kernel path too (forward, d_values, d_weights), as in the reference (found by fuzzing: the
+    kernels mask groups only for G > 1; api.embedding_bag now zeroes such weights)."""
     spec = ArgSpec("g1_stray", "bag", n_rows=1, dim=1, tokens=1, k=1, groups=1)
     _check_against_reference(spec, dict(values=jnp.full((1, 1), 2.0), weights=jnp.full((1, 1), 3.0),
                                         indices=jnp.zeros((1, 1), jnp.int32),
