@@ -22,8 +22,11 @@ $(TPU_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m experiments.train --config configs/lm.py:tiny --workdir runs/tiny
 
+# The suite is dominated by single-threaded XLA compiles: two workers use both CI cores.
+TEST_WORKERS ?= 2
+
 test: $(TPU_STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(TPU_STAMP)
 	$(BIN)/python -m pytest tests -m slow

@@ -22,7 +22,7 @@ setup(
         "tensorboardX",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6"],
         "data": ["mlxtend", "scikit-learn"],
         "tpu": ["libtpu==0.0.42.1"],  # TPU AOT compiles on a CPU host; pin matches jax 0.10.2
         "torch": ["torch==2.13.0"],   # reference-equivalence tests (CPU build)
