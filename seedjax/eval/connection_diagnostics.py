@@ -348,6 +348,7 @@ def plot_gain(gains: dict, path: str) -> str:
     fmt = FuncFormatter(lambda v, _: f"{v:.3g}")
     for ax, t in zip(axes, ("composite map, sublayer l to the end", "single sublayer map")):
         ax.set_yscale("log")
+        ax.set_title(t, fontsize=9)
         _int_x(ax)
     lo, hi = axes[0].get_ylim()
     for ax in axes:  # label minor ticks only within a decade (otherwise they overlap)
@@ -355,7 +356,6 @@ def plot_gain(gains: dict, path: str) -> str:
         if hi / max(lo, 1e-300) < 10:
             ax.yaxis.set_minor_formatter(fmt)
         ax.set_xlabel("sublayer l")
-        ax.set_title(t, fontsize=9)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("gain (max |row sum| fwd, max |col sum| bwd)")
     axes[0].legend(fontsize=7)
