@@ -85,6 +85,11 @@ def run_one(base, row: dict, seed: int, workdir: str) -> dict:
             "val_curve": curve("val"), "train_curve": curve("train")}
 
 
+def _mean_std(m: float, s: float, n: int, digits: int) -> str:
+    """'mean ± std (n)'; one run has no spread, so just 'value (1)'."""
+    return f"{m:.{digits}f} ({n})" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f} ({n})"
+
+
 def _stats(xs):
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     if not xs:
@@ -137,7 +142,7 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
                          f"not run yet | | | | | {flops} | |")
             continue
         lines.append(f"| {r.get('group', '')} | {r['name']} | {r.get('paper', '')} | "
-                     f"{m:.4f} ± {s:.4f} ({n}) | {m - base_mean:+.4f} | {bpb:.4f} | {st:.3f} | "
+                     f"{_mean_std(m, s, n, 4)} | {m - base_mean:+.4f} | {bpb:.4f} | {st:.3f} | "
                      f"{params / 1e6:.2f}M | {flops} | {div} |")
     task_names = sorted({t for x in results for t in (x.get("tasks") or {})})
     if task_names:  # runs of configs with a task_eval block (see seedjax.eval.task_scoring)
@@ -148,7 +153,7 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
             accs = [_stats([(x.get("tasks") or {}).get(t, {}).get("token_acc")
                             for x in by_row[r["name"]]]) for t in task_names]
             lines.append(f"| {r['name']} | " + " | ".join(
-                f"{m:.3f} ± {s:.3f} ({n})" if n else "" for m, s, n in accs) + " |")
+                _mean_std(m, s, n, 3) if n else "" for m, s, n in accs) + " |")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
