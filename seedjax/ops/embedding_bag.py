@@ -74,7 +74,6 @@ def embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
                              f"{indices.shape}")
         if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 1:
             raise ValueError(f"{fn}: n_groups={n_groups!r} must be a positive integer")
-    w = weights if sliced else weights[..., None]
     impl = resolve_implementation(implementation, values, weights)
     if impl != "xla":
         from kernels_pallas.embedding_bag import api
@@ -90,6 +89,7 @@ def embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
             n_groups=n_groups, implementation=impl)
         out = over_token_shards(kernel, tokens, [values])
         return out.reshape(*indices.shape[:-1], *out.shape[1:])
+    w = weights if sliced else weights[..., None]
     return _embedding_bag_xla(values, indices, w, groups, n_groups)
 
 

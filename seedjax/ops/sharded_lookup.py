@@ -61,10 +61,11 @@ from jax.sharding import PartitionSpec as P
 
 from seedjax.ops.common import check_implementation, resolve_implementation, score_dtype
 from seedjax.ops.embedding_bag import embedding_bag, gather_rows, row_dot
-from seedjax.ops.token_shards import (DEFAULT_TOKEN_AXES, pad_tokens, run_shard_map, tokens_spec,
+from seedjax.ops.token_shards import (pad_tokens, run_shard_map, token_shard_count, tokens_spec,
                                       unpad_tokens)
 
 SCHEMES = ("psum", "all_to_all")
+DEFAULT_TOKEN_AXES = ("data", "fsdp")
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -254,8 +255,7 @@ def sharded_embedding_bag(values: jax.Array, indices: jax.Array, weights: jax.Ar
     n_shards, tok = _layout(fn, mesh, scheme, axis, token_axes, values.shape[0])
     lead, k = indices.shape[:-1], indices.shape[-1]
     n_tok = math.prod(lead)
-    per = math.prod(mesh.shape[a] for a in tok)
-    n_pad = -(-max(n_tok, 1) // per) * per
+    per, n_pad = token_shard_count(mesh, tok, n_tok)
     idx = pad_tokens(mesh, indices.reshape(n_tok, k), n_pad, -1)
     w = pad_tokens(mesh, weights.reshape(n_tok, k, -1), n_pad, 0)      # [T, K, S]
     args = [values, idx, w]
@@ -306,8 +306,7 @@ def sharded_row_dot(table: jax.Array, indices: jax.Array, x: jax.Array, *,
     n_shards, tok = _layout(fn, mesh, scheme, axis, token_axes, table.shape[0])
     lead, k = indices.shape[:-1], indices.shape[-1]
     n_tok = math.prod(lead)
-    per = math.prod(mesh.shape[a] for a in tok)
-    n_pad = -(-max(n_tok, 1) // per) * per
+    per, n_pad = token_shard_count(mesh, tok, n_tok)
     idx = pad_tokens(mesh, indices.reshape(n_tok, k), n_pad, -1)
     xs = pad_tokens(mesh, x.reshape(n_tok, x.shape[-1]), n_pad, 0)
     all_axes = tuple(dict.fromkeys(tok + (axis,)))

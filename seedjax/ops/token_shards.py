@@ -22,9 +22,6 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-DEFAULT_TOKEN_AXES = ("data", "fsdp")
-
-
 def explicit(mesh) -> bool:
     """True if any axis of ``mesh`` has the Explicit axis type."""
     return any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
@@ -66,6 +63,12 @@ def run_shard_map(mesh, body, args, in_specs, out_specs, *, check_vma: bool = Tr
                          check_vma=check_vma)(*args)
 
 
+def token_shard_count(mesh, tok: tuple, n_tok: int) -> tuple[int, int]:
+    """(shards over the mesh axes ``tok``, n_tok rounded up to a positive multiple of them)."""
+    per = math.prod(mesh.shape[a] for a in tok)
+    return per, -(-max(n_tok, 1) // per) * per
+
+
 def tokens_spec(tok: tuple, *rest):
     """PartitionSpec with dim 0 over the mesh axes ``tok`` (None if empty), then ``rest``."""
     return P(tok if tok else None, *rest)
@@ -98,8 +101,7 @@ def over_token_shards(kernel: Callable, tokens: Sequence[tuple[jax.Array, object
         return kernel(*arrays, *shared)
     tok = tuple(a for a in mesh.axis_names if mesh.shape[a] > 1)
     n_tok = arrays[0].shape[0]
-    per = math.prod(mesh.shape[a] for a in tok)
-    n_pad = -(-max(n_tok, 1) // per) * per
+    _, n_pad = token_shard_count(mesh, tok, n_tok)
     args = [pad_tokens(mesh, a, n_pad, fill) for a, fill in tokens] + list(shared)
     specs = [tokens_spec(tok, *(None,) * (a.ndim - 1)) for a in arrays] + [P()] * len(shared)
     # check_vma=False: pallas_call has no varying-manual-axes typing rule to check against
