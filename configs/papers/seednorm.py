@@ -2,7 +2,12 @@
 sensitivity (SeeDNorm Table, OLMoE-1.3B c4 loss; the activation ablation has no numbers).
 
   python -m experiments.reproduce --config configs/papers/seednorm.py:cpu \
-      --out results/seednorm --seeds 0,1,2
+      --out results/seednorm --seeds 0,1,2 --rows rmsnorm,seednorm,dyt
+  python -m experiments.reproduce --config configs/papers/seednorm.py:cpu \
+      --out results/seednorm --seeds 0      # sensitivity rows: one seed
+  python -m experiments.diagnose_norms --out results/seednorm/diagnostics \
+      --workdirs runs/reproduce/seednorm/{seednorm,seednorm_alpha0.1,seednorm_dot_dim}/s0 \
+      --names seednorm,alpha0.1,dot_dim
 """
 from configs.papers.common import base_config, row
 
@@ -22,4 +27,8 @@ def get_sweep(variant=None):
         row("seednorm_alpha10", "3.154", "alpha", **seed(alpha_init=10.0)),
         row("seednorm_sigmoid", "- (qualitative)", "act", **seed(activation="sigmoid")),
         row("seednorm_hardtanh", "- (qualitative)", "act", **seed(activation="hardtanh")),
+        # [I] not a paper ablation: s = x.beta divided by sqrt(d) or d slows the per-step change
+        # of s under Adam (the vision models divide alpha.beta by the dimension).
+        row("seednorm_dot_sqrt_dim", "-", "dot", **seed(dot_scale="sqrt_dim")),
+        row("seednorm_dot_dim", "-", "dot", **seed(dot_scale="dim")),
     ]

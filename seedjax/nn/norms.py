@@ -55,6 +55,7 @@ class LayerNorm(nnx.Module):
 
 
 SEEDNORM_ACTIVATIONS = ("tanh", "sigmoid", "hardtanh")
+SEEDNORM_DOT_SCALES = ("none", "sqrt_dim", "dim")
 
 
 def _seednorm_activation(name: str):
@@ -76,6 +77,9 @@ class SeeDNorm(nnx.Module):
     multiplies alpha over that head's channels. The RMS is always over the full ``dim`` (only the
     dot product is per head; [I] from the two public implementations, the paper text is not
     available). ``s`` uses the un-normalised x, so the input norm survives normalisation.
+    ``dot_scale`` divides s by 1 ("none", the LM form and default), sqrt(dim/h) or dim/h ([I]: the
+    paper's vision models divide alpha.beta by the dimension, exact form unknown). With Adam a
+    divided dot slows the per-step change of s by that factor, keeping tanh off saturation longer.
 
     Init: gamma = 1, alpha = ``alpha_init`` (1 for LMs), beta = 0, so with ``activation="tanh"``
     (or hardtanh) SeeDNorm equals RMSNorm with unit gain at init (sigmoid(0) = 0.5 gives a gain of
@@ -86,7 +90,8 @@ class SeeDNorm(nnx.Module):
 
     def __init__(self, dim: int, *, num_heads: int = 1, activation: str = "tanh",
                  alpha_init: float = 1.0, zero_centered_gamma: bool = False, eps: float = 1e-6,
-                 axis_name: str = "norm", rngs: nnx.Rngs | None = None):
+                 dot_scale: str = "none", axis_name: str = "norm",
+                 rngs: nnx.Rngs | None = None):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"SeeDNorm dim must be an integer >= 1, got {dim!r}")
         if not isinstance(num_heads, int) or num_heads < 1 or dim % num_heads:
@@ -95,6 +100,11 @@ class SeeDNorm(nnx.Module):
         if activation not in SEEDNORM_ACTIVATIONS:
             raise ValueError(f"SeeDNorm activation={activation!r} is not allowed; allowed: "
                              f"{SEEDNORM_ACTIVATIONS}")
+        if dot_scale not in SEEDNORM_DOT_SCALES:
+            raise ValueError(f"SeeDNorm dot_scale={dot_scale!r} is not allowed; allowed: "
+                             f"{SEEDNORM_DOT_SCALES}")
+        c = dim // num_heads
+        self.dot_divisor = {"none": 1.0, "sqrt_dim": float(c) ** 0.5, "dim": float(c)}[dot_scale]
         self.dim, self.num_heads, self.activation, self.eps = dim, num_heads, activation, eps
         self.zero_centered_gamma = zero_centered_gamma
         g0 = 0.0 if zero_centered_gamma else 1.0
@@ -108,7 +118,7 @@ class SeeDNorm(nnx.Module):
         xf = x.astype(jnp.float32).reshape(*x.shape[:-1], h, c)
         s = jnp.einsum("...hc,hc->...h", xf, self.beta[...].reshape(h, c),
                        precision=jax.lax.Precision.HIGHEST)
-        return _seednorm_activation(self.activation)(s)
+        return _seednorm_activation(self.activation)(s / self.dot_divisor)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[-1] != self.dim:

@@ -50,6 +50,16 @@ def test_formula_against_numpy(act, heads):
     assert norm.dynamic_scalar(X).shape == (2, 5, heads)
 
 
+@pytest.mark.parametrize("dot_scale,divisor", [("sqrt_dim", 8 ** 0.5), ("dim", 8.0)])
+def test_dot_scale_divides_the_per_head_dot_product(dot_scale, divisor):
+    """dot_scale="sqrt_dim"/"dim" equals the unscaled norm with beta divided by sqrt(D/h) / D/h."""
+    beta = 0.3 * jax.random.normal(jax.random.key(3), (32,))
+    scaled, plain = SeeDNorm(32, num_heads=4, dot_scale=dot_scale), SeeDNorm(32, num_heads=4)
+    scaled.beta[...], plain.beta[...] = beta, beta / divisor
+    np.testing.assert_allclose(scaled(X), plain(X), rtol=1e-6, atol=1e-6)
+    assert float(jnp.max(jnp.abs(scaled(X) - SeeDNorm(32, num_heads=4)(X)))) > 0  # not a no-op
+
+
 def test_sigmoid_at_init_is_rmsnorm_times_one_plus_half_alpha():
     y = SeeDNorm(32, activation="sigmoid", alpha_init=1.0)(X)
     np.testing.assert_allclose(y, 1.5 * RMSNorm(32)(X), rtol=1e-6)
@@ -85,6 +95,7 @@ def test_weight_decay_labels():
     (lambda: SeeDNorm(32, activation="gelu"), "activation"),
     (lambda: SeeDNorm(32, activation="swish"), "tanh"),
     (lambda: SeeDNorm(32, num_heads=5), "num_heads"),
+    (lambda: SeeDNorm(32, dot_scale="half"), "dot_scale"),
     (lambda: SeeDNorm(32, num_heads=0), "num_heads"),
     (lambda: SeeDNorm(0), "dim"),
     (lambda: DyT(0), "dim"),
