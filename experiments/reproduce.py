@@ -14,6 +14,7 @@ killed at the end of a session continues in the next one. After the runs, ``<out
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import math
@@ -214,11 +215,12 @@ def main(argv):
     command = (f"python -m experiments.reproduce --config {FLAGS.config} --out {FLAGS.out} "
                f"--seeds {FLAGS.seeds}")
 
-    def report():
-        results = [json.load(open(p)) for p in
-                   (os.path.join(run_dir, f"{r['name']}__s{s}.json") for r in rows for s in seeds)
-                   if os.path.exists(p)]
-        write_report(FLAGS.out, rows, results, command, seeds, base)
+    def report():  # every finished seed of the selected rows, not only this call's --seeds
+        results = [json.load(open(p)) for r in rows
+                   for p in sorted(glob.glob(os.path.join(run_dir,
+                                                          f"{glob.escape(r['name'])}__s*.json")))]
+        found = sorted({int(x["seed"]) for x in results if "seed" in x}) or seeds
+        write_report(FLAGS.out, rows, results, command, found, base)
 
     if not FLAGS.report_only:
         for i, (r, s) in enumerate(todo):

@@ -47,3 +47,10 @@ def test_sweep_runs_skips_and_reports(tmp_path, small_corpus):
     assert second.returncode == 0 and "2 runs, 0 to do" in second.stdout
     bad = _run(cfg, out, tmp_path, "--rows", "nope")
     assert bad.returncode != 0 and "nope" in bad.stderr
+    # the table pools every finished seed of a row, also seeds outside this call's --seeds
+    extra = {**json.load(open(out / "runs" / "base__s0.json")), "seed": 7}
+    json.dump(extra, open(out / "runs" / "base__s7.json", "w"))
+    third = _run(cfg, out, tmp_path, "--report_only")
+    assert third.returncode == 0, third.stderr[-3000:]
+    table = open(out / "table.md").read()
+    assert "Seeds: [0, 7]." in table and "± 0.0000 (2)" in table and "| wide | 0.99 |" in table
