@@ -31,4 +31,7 @@ def get_sweep(variant=None):
         # of s under Adam (the vision models divide alpha.beta by the dimension).
         row("seednorm_dot_sqrt_dim", "-", "dot", **seed(dot_scale="sqrt_dim")),
         row("seednorm_dot_dim", "-", "dot", **seed(dot_scale="dim")),
+        # both norms at a third of the LR (the OLMoE recipe's 4e-4 is far below our 3e-3)
+        row("rmsnorm_lr1e-3", "-", "lr", model__norm="rmsnorm", train__lr=1e-3),
+        row("seednorm_lr1e-3", "-", "lr", train__lr=1e-3, **seed()),
     ]
