@@ -34,4 +34,5 @@ def get_sweep(variant=None):
         # both norms at a third of the LR (the OLMoE recipe's 4e-4 is far below our 3e-3)
         row("rmsnorm_lr1e-3", "-", "lr", model__norm="rmsnorm", train__lr=1e-3),
         row("seednorm_lr1e-3", "-", "lr", train__lr=1e-3, **seed()),
+        row("dyt_lr1e-3", "-", "lr", model__norm="dyt", train__lr=1e-3),
     ]
