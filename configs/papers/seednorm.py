@@ -18,6 +18,7 @@ def get_config(variant=None):
 
 def get_sweep(variant=None):
     seed = lambda **kw: dict(model__norm="seednorm", model__norm_kwargs=kw)
+    d_model = get_config(variant).model.d_model
     return [
         row("rmsnorm", "2.922", "main", model__norm="rmsnorm"),
         row("seednorm", "2.900", "main", **seed()),
@@ -35,4 +36,6 @@ def get_sweep(variant=None):
         row("rmsnorm_lr1e-3", "-", "lr", model__norm="rmsnorm", train__lr=1e-3),
         row("seednorm_lr1e-3", "-", "lr", train__lr=1e-3, **seed()),
         row("dyt_lr1e-3", "-", "lr", model__norm="dyt", train__lr=1e-3),
+        row("seednorm_scalar_alpha", "2.909", "ablation", **seed(scalar_alpha=True)),
+        row("seednorm_elementwise", "2.909", "ablation", **seed(num_heads=d_model)),
     ]

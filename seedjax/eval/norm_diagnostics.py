@@ -48,10 +48,7 @@ def _site_arrays(norm: SeeDNorm, x: jax.Array) -> tuple[np.ndarray, np.ndarray, 
     """-> act [N, heads], gain [N] (channel-mean effective gain), rms [N] for x [..., d]."""
     x = x.reshape(-1, norm.dim).astype(jnp.float32)
     act = norm.dynamic_scalar(x)                          # [N, h]
-    h = norm.num_heads
-    gamma = norm.gamma[...] + (1.0 if norm.zero_centered_gamma else 0.0)
-    alpha = norm.alpha[...].reshape(h, -1)
-    gain = (jnp.mean(gamma) + jnp.einsum("nh,hc->n", act, alpha) / norm.dim)
+    gain = jnp.mean(norm.gamma_vector()) + jnp.mean(norm.dynamic_gain(x), axis=-1)
     rms = jnp.sqrt(jnp.mean(x * x, axis=-1))
     return np.asarray(act), np.asarray(gain), np.asarray(rms)
 
@@ -82,7 +79,7 @@ def seednorm_summary(model, token_batches) -> list[dict]:
     rows = []
     for name, norm in sites:
         a, g = np.concatenate(acts[name]), np.concatenate(gains[name])
-        gamma = np.asarray(norm.gamma[...]) + (1.0 if norm.zero_centered_gamma else 0.0)
+        gamma = np.asarray(norm.gamma_vector())
         rows.append({
             "site": name, "act_mean": float(a.mean()), "act_std": float(a.std()),
             "act_p5": float(np.percentile(a, 5)), "act_p95": float(np.percentile(a, 95)),

@@ -33,7 +33,7 @@ with ``rate=1, dynamic=False`` is exactly equal to it.
 Norms (``model.norm_kwargs``; eps is ``model.norm_eps``):
   * ``"seednorm"``: ``num_heads`` (1), ``activation`` ("tanh" | "sigmoid" | "hardtanh"),
     ``alpha_init`` (1.0), ``zero_centered_gamma`` (False), ``dot_scale`` ("none" | "sqrt_dim" |
-    "dim", "none").
+    "dim", "none"), ``scalar_alpha`` (False).
   * ``"dyt"``: ``alpha_init`` (0.5).
 
 Example: ``LMConfig(connection="hyper", connection_kwargs={"rate": 4, "dynamic": True,
@@ -152,10 +152,11 @@ register("connection", "mhc")(ManifoldFamily)
 @register("norm", "seednorm")
 def seednorm(cfg: LMConfig, dim: int, *, rngs: nnx.Rngs, num_heads: int = 1,
              activation: str = "tanh", alpha_init: float = 1.0,
-             zero_centered_gamma: bool = False, dot_scale: str = "none"):
+             zero_centered_gamma: bool = False, dot_scale: str = "none",
+             scalar_alpha: bool = False):
     return SeeDNorm(dim, num_heads=num_heads, activation=activation, alpha_init=alpha_init,
                     zero_centered_gamma=zero_centered_gamma, eps=cfg.norm_eps,
-                    dot_scale=dot_scale, rngs=rngs)
+                    dot_scale=dot_scale, scalar_alpha=scalar_alpha, rngs=rngs)
 
 
 @register("norm", "dyt")

@@ -81,6 +81,9 @@ class SeeDNorm(nnx.Module):
     paper's vision models divide alpha.beta by the dimension, exact form unknown). With Adam a
     divided dot slows the per-step change of s by that factor, keeping tanh off saturation longer.
 
+    ``scalar_alpha`` learns one alpha for all channels (an ablation of the paper's table);
+    ``num_heads = dim`` is its element-wise ``x * beta`` ablation (one tanh per channel).
+
     Init: gamma = 1, alpha = ``alpha_init`` (1 for LMs), beta = 0, so with ``activation="tanh"``
     (or hardtanh) SeeDNorm equals RMSNorm with unit gain at init (sigmoid(0) = 0.5 gives a gain of
     1 + 0.5 * alpha instead). ``zero_centered_gamma`` stores gamma - 1 (init 0).
@@ -90,7 +93,7 @@ class SeeDNorm(nnx.Module):
 
     def __init__(self, dim: int, *, num_heads: int = 1, activation: str = "tanh",
                  alpha_init: float = 1.0, zero_centered_gamma: bool = False, eps: float = 1e-6,
-                 dot_scale: str = "none", axis_name: str = "norm",
+                 dot_scale: str = "none", scalar_alpha: bool = False, axis_name: str = "norm",
                  rngs: nnx.Rngs | None = None):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"SeeDNorm dim must be an integer >= 1, got {dim!r}")
@@ -109,7 +112,8 @@ class SeeDNorm(nnx.Module):
         self.zero_centered_gamma = zero_centered_gamma
         g0 = 0.0 if zero_centered_gamma else 1.0
         self.gamma = param(None, constant_init(g0), (dim,), (axis_name,), weight_decay=False)
-        self.alpha = param(None, constant_init(alpha_init), (dim,), (axis_name,), weight_decay=True)
+        a_shape, a_axes = ((1,), (None,)) if scalar_alpha else ((dim,), (axis_name,))
+        self.alpha = param(None, constant_init(alpha_init), a_shape, a_axes, weight_decay=True)
         self.beta = param(None, constant_init(0.0), (dim,), (axis_name,), weight_decay=True)
 
     def dynamic_scalar(self, x: jax.Array) -> jax.Array:
@@ -120,16 +124,22 @@ class SeeDNorm(nnx.Module):
                        precision=jax.lax.Precision.HIGHEST)
         return _seednorm_activation(self.activation)(s / self.dot_divisor)
 
+    def gamma_vector(self) -> jax.Array:
+        """The static gain gamma [dim] (the +1 of ``zero_centered_gamma`` applied)."""
+        return self.gamma[...] + (1.0 if self.zero_centered_gamma else 0.0)
+
+    def dynamic_gain(self, x: jax.Array) -> jax.Array:
+        """alpha * act(s_j(x)) spread over each head's channels, float32: [..., dim]."""
+        h, c = self.num_heads, self.dim // self.num_heads
+        alpha = jnp.broadcast_to(self.alpha[...], (self.dim,)).reshape(h, c)
+        return (self.dynamic_scalar(x)[..., None] * alpha).reshape(*x.shape[:-1], self.dim)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[-1] != self.dim:
             raise ValueError(f"SeeDNorm expects last dim {self.dim}, got shape {x.shape}")
-        h, c = self.num_heads, self.dim // self.num_heads
         xf = x.astype(jnp.float32)
         inv_rms = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        gamma = self.gamma[...] + (1.0 if self.zero_centered_gamma else 0.0)
-        gain = (gamma.reshape(h, c)
-                + self.dynamic_scalar(x)[..., None] * self.alpha[...].reshape(h, c))
-        y = (gain * xf.reshape(*x.shape[:-1], h, c)).reshape(x.shape) * inv_rms
+        y = (self.gamma_vector() + self.dynamic_gain(x)) * xf * inv_rms
         return y.astype(x.dtype)
 
 

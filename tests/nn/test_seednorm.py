@@ -60,6 +60,22 @@ def test_dot_scale_divides_the_per_head_dot_product(dot_scale, divisor):
     assert float(jnp.max(jnp.abs(scaled(X) - SeeDNorm(32, num_heads=4)(X)))) > 0  # not a no-op
 
 
+def test_scalar_alpha_equals_a_constant_alpha_vector():
+    """scalar_alpha=True (one learned alpha) == the vector form with every alpha equal; the
+    element-wise ablation (num_heads = dim) has one tanh per channel."""
+    beta = 0.3 * jax.random.normal(jax.random.key(4), (32,))
+    scalar, vector = SeeDNorm(32, scalar_alpha=True, alpha_init=0.7), SeeDNorm(32, alpha_init=0.7)
+    scalar.beta[...], vector.beta[...] = beta, beta
+    assert scalar.alpha[...].shape == (1,)
+    np.testing.assert_allclose(scalar(X), vector(X), rtol=1e-6, atol=1e-6)
+    per_channel = SeeDNorm(32, num_heads=32)
+    per_channel.beta[...] = beta
+    ref = _reference(X, per_channel.gamma[...], per_channel.alpha[...], beta, 32, "tanh")
+    np.testing.assert_allclose(per_channel(X), ref, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(per_channel.dynamic_scalar(X), np.tanh(X * beta), rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_sigmoid_at_init_is_rmsnorm_times_one_plus_half_alpha():
     y = SeeDNorm(32, activation="sigmoid", alpha_init=1.0)(X)
     np.testing.assert_allclose(y, 1.5 * RMSNorm(32)(X), rtol=1e-6)
