@@ -8,7 +8,9 @@ The config file defines ``get_config(variant)`` (the base run) and ``get_sweep(v
 (row, seed) trains in ``--workroot/<paper>/<row>/s<seed>`` (itself resumable from checkpoints) and
 writes ``<out>/runs/<row>__s<seed>.json``; rows whose result file exists are skipped, so a sweep
 killed at the end of a session continues in the next one. After the runs, ``<out>/table.md`` and
-``<out>/val_loss.png`` / ``<out>/curves.png`` summarise mean and spread over seeds. A config with a
+``<out>/val_loss.png`` / ``<out>/curves.png`` summarise mean and spread over seeds; they always
+cover every row of the sweep and every finished seed (``--rows`` / ``--seeds`` only choose what
+runs, so a partial call never drops finished rows from the table). A config with a
 ``task_eval`` block (configs/memory_tasks.py) also gets held-out memory-task accuracy per run
 (result key ``tasks``; seedjax.eval.task_scoring) and a task-accuracy table.
 """
@@ -194,7 +196,7 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     module, variant = load_config_module(FLAGS.config)
     base = module.get_config(variant)
-    rows = module.get_sweep(variant)
+    rows = all_rows = module.get_sweep(variant)
     if FLAGS.rows:
         wanted = FLAGS.rows.split(",")
         unknown = sorted(set(wanted) - {r["name"] for r in rows})
@@ -215,12 +217,12 @@ def main(argv):
     command = (f"python -m experiments.reproduce --config {FLAGS.config} --out {FLAGS.out} "
                f"--seeds {FLAGS.seeds}")
 
-    def report():  # every finished seed of the selected rows, not only this call's --seeds
-        results = [json.load(open(p)) for r in rows
+    def report():  # every row of the sweep and every finished seed, whatever --rows/--seeds ran
+        results = [json.load(open(p)) for r in all_rows
                    for p in sorted(glob.glob(os.path.join(run_dir,
                                                           f"{glob.escape(r['name'])}__s*.json")))]
         found = sorted({int(x["seed"]) for x in results if "seed" in x}) or seeds
-        write_report(FLAGS.out, rows, results, command, found, base)
+        write_report(FLAGS.out, all_rows, results, command, found, base)
 
     if not FLAGS.report_only:
         for i, (r, s) in enumerate(todo):

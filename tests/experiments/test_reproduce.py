@@ -50,7 +50,7 @@ def test_sweep_runs_skips_and_reports(tmp_path, small_corpus):
     # the table pools every finished seed of a row, also seeds outside this call's --seeds
     extra = {**json.load(open(out / "runs" / "base__s0.json")), "seed": 7}
     json.dump(extra, open(out / "runs" / "base__s7.json", "w"))
-    third = _run(cfg, out, tmp_path, "--report_only")
+    third = _run(cfg, out, tmp_path, "--report_only", "--rows", "wide")  # rows: what runs
     assert third.returncode == 0, third.stderr[-3000:]
     table = open(out / "table.md").read()
     assert "Seeds: [0, 7]." in table and "± 0.0000 (2)" in table and "| wide | 0.99 |" in table
