@@ -23,19 +23,19 @@ def get_sweep(variant=None):
         row("rmsnorm", "2.922", "main", model__norm="rmsnorm"),
         row("seednorm", "2.900", "main", **seed()),
         row("dyt", "2.968", "main", model__norm="dyt"),
-        row("seednorm_4heads", "- (ViT: 16 heads best)", "heads", **seed(num_heads=4)),
-        row("seednorm_alpha0.1", "2.912", "alpha", **seed(alpha_init=0.1)),
-        row("seednorm_alpha10", "3.154", "alpha", **seed(alpha_init=10.0)),
-        row("seednorm_sigmoid", "- (qualitative)", "act", **seed(activation="sigmoid")),
-        row("seednorm_hardtanh", "- (qualitative)", "act", **seed(activation="hardtanh")),
-        # [I] not a paper ablation: s = x.beta divided by sqrt(d) or d slows the per-step change
-        # of s under Adam (the vision models divide alpha.beta by the dimension).
-        row("seednorm_dot_sqrt_dim", "-", "dot", **seed(dot_scale="sqrt_dim")),
-        row("seednorm_dot_dim", "-", "dot", **seed(dot_scale="dim")),
         # both norms at a third of the LR (the OLMoE recipe's 4e-4 is far below our 3e-3)
         row("rmsnorm_lr1e-3", "-", "lr", model__norm="rmsnorm", train__lr=1e-3),
         row("seednorm_lr1e-3", "-", "lr", train__lr=1e-3, **seed()),
         row("dyt_lr1e-3", "-", "lr", model__norm="dyt", train__lr=1e-3),
+        row("seednorm_alpha0.1", "2.912", "alpha", **seed(alpha_init=0.1)),
+        row("seednorm_alpha10", "3.154", "alpha", **seed(alpha_init=10.0)),
+        row("seednorm_sigmoid", "- (qualitative)", "act", **seed(activation="sigmoid")),
+        row("seednorm_hardtanh", "- (qualitative)", "act", **seed(activation="hardtanh")),
+        row("seednorm_4heads", "- (ViT: 16 heads best)", "heads", **seed(num_heads=4)),
+        # [I] not a paper ablation: s = x.beta divided by sqrt(d) or d slows the per-step change
+        # of s under Adam (the vision models divide alpha.beta by the dimension).
+        row("seednorm_dot_sqrt_dim", "-", "dot", **seed(dot_scale="sqrt_dim")),
+        row("seednorm_dot_dim", "-", "dot", **seed(dot_scale="dim")),
         row("seednorm_scalar_alpha", "2.909", "ablation", **seed(scalar_alpha=True)),
         row("seednorm_elementwise", "2.909", "ablation", **seed(num_heads=d_model)),
     ]
