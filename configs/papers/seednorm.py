@@ -31,6 +31,9 @@ def get_sweep(variant=None):
         row("seednorm_alpha10", "3.154", "alpha", **seed(alpha_init=10.0)),
         row("seednorm_sigmoid", "- (qualitative)", "act", **seed(activation="sigmoid")),
         row("seednorm_hardtanh", "- (qualitative)", "act", **seed(activation="hardtanh")),
+        # control for sigmoid's init gain of 1 + 0.5 alpha = 1.5: a plain RMSNorm started there
+        row("rmsnorm_gain1.5", "-", "act", model__norm="rmsnorm",
+            model__norm_kwargs={"scale_init": 1.5}),
         row("seednorm_4heads", "- (ViT: 16 heads best)", "heads", **seed(num_heads=4)),
         # [I] not a paper ablation: s = x.beta divided by sqrt(d) or d slows the per-step change
         # of s under Adam (the vision models divide alpha.beta by the dimension).

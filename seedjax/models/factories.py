@@ -1,5 +1,7 @@
 """Default factories of the decoder LM: token embedding, RMSNorm/LayerNorm, causal attention,
 SwiGLU, plain residual, tied/untied heads. Later architectures register more in their own files.
+Norm kwargs (``model.norm_kwargs``): "rmsnorm" ``scale_init`` (1.0); "layernorm" ``use_bias``
+(True).
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ def token_embedding(cfg: LMConfig, *, rngs: nnx.Rngs, init_std: float | None = N
 
 
 @register("norm", "rmsnorm")
-def rmsnorm(cfg: LMConfig, dim: int, *, rngs: nnx.Rngs):
-    return RMSNorm(dim, eps=cfg.norm_eps, rngs=rngs)
+def rmsnorm(cfg: LMConfig, dim: int, *, rngs: nnx.Rngs, scale_init: float = 1.0):
+    return RMSNorm(dim, eps=cfg.norm_eps, scale_init=scale_init, rngs=rngs)
 
 
 @register("norm", "layernorm")

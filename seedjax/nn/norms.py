@@ -14,15 +14,16 @@ from seedjax.nn.params import constant_init, param
 
 
 class RMSNorm(nnx.Module):
-    """y = x / sqrt(mean(x^2) + eps) * scale."""
+    """y = x / sqrt(mean(x^2) + eps) * scale (scale init ``scale_init``, 1 by default)."""
 
     def __init__(self, dim: int, *, eps: float = 1e-6, use_scale: bool = True,
-                 axis_name: str = "norm", rngs: nnx.Rngs | None = None):
+                 scale_init: float = 1.0, axis_name: str = "norm",
+                 rngs: nnx.Rngs | None = None):
         if dim < 1:
             raise ValueError(f"RMSNorm dim must be >= 1, got {dim}")
         self.dim, self.eps = dim, eps
-        self.scale = (param(None, constant_init(1.0), (dim,), (axis_name,), weight_decay=False)
-                      if use_scale else None)
+        self.scale = (param(None, constant_init(scale_init), (dim,), (axis_name,),
+                            weight_decay=False) if use_scale else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)

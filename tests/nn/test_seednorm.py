@@ -157,3 +157,9 @@ def test_dyt_lm_runs_and_bad_kwargs_are_reported():
     assert out.logits.shape == (2, 16, 256) and bool(jnp.all(jnp.isfinite(out.logits)))
     with pytest.raises(ValueError, match="activation"):
         LM(CFG.replace(norm="seednorm", norm_kwargs={"activation": "relu"}), rngs=nnx.Rngs(0))
+
+
+def test_rmsnorm_scale_init_multiplies_the_output():
+    np.testing.assert_allclose(RMSNorm(32, scale_init=1.5)(X), 1.5 * RMSNorm(32)(X), rtol=1e-6)
+    lm = LM(CFG.replace(norm_kwargs={"scale_init": 1.5}), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(lm.final_norm.scale[...], 1.5)
