@@ -114,6 +114,16 @@ def row_flops(base, row: dict) -> float | None:
         return None
 
 
+def _axis_top(means: list) -> float:
+    """Upper y-limit that keeps rows near the best readable: rows above median + 4 x (median -
+    best), at least 0.05 nats, are drawn at this limit and labelled with their value."""
+    finite = sorted(m for m in means if math.isfinite(m))
+    if not finite:
+        return math.inf
+    med = finite[len(finite) // 2]
+    return med + 4 * max(med - finite[0], 0.05)
+
+
 def write_report(out: str, rows: list, results: list, command: str, seeds: list,
                  base=None) -> None:
     import matplotlib
@@ -163,9 +173,17 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
 
     names = [r["name"] for r in rows]
     stats = [_stats([x.get("val_loss") for x in by_row[n]]) for n in names]
+    top = _axis_top([s[0] for s in stats if s[2]])
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 4))
-    ax.errorbar(range(len(names)), [s[0] for s in stats], yerr=[s[1] for s in stats], fmt="o",
-                capsize=4)
+    shown = [min(s[0], top) if s[2] else float("nan") for s in stats]
+    ax.errorbar(range(len(names)), shown, yerr=[s[1] if s[2] and s[0] <= top else 0
+                                                for s in stats], fmt="o", capsize=4)
+    for i, (m, _, n) in enumerate(stats):
+        if n and m > top:  # off-scale rows (diverged, collapsed) sit at the top edge, labelled
+            ax.annotate(f"{m:.2f} ↑", (i, top), textcoords="offset points", xytext=(0, -12),
+                        ha="center", fontsize=8, color="C3")
+    if stats and stats[0][2]:
+        ax.axhline(stats[0][0], color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_ylabel("final val loss (nats/token)")
     ax.grid(alpha=0.3)
@@ -174,14 +192,23 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for n in names:
+    curve_top = -math.inf
+    colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    for i, n in enumerate(names):
         pts = {}
         for x in by_row[n]:
             for step, loss in x.get("val_curve", []):
                 pts.setdefault(step, []).append(loss)
         if pts:
             steps = sorted(pts)
-            ax.plot(steps, [sum(pts[s]) / len(pts[s]) for s in steps], "-o", ms=3, label=n)
+            curve = [sum(pts[s]) / len(pts[s]) for s in steps]
+            off = curve[-1] > top
+            ax.plot(steps, curve, "-o" if i % 2 == 0 else "--s", ms=3, color=colors(i % 20),
+                    label=n + (" (off scale)" if off else ""))
+            if not off:
+                curve_top = max(curve_top, max(curve))
+    if curve_top > -math.inf:
+        ax.set_ylim(top=curve_top + 0.02 * abs(curve_top))
     ax.set_xlabel("step")
     ax.set_ylabel("val loss (mean over seeds)")
     ax.grid(alpha=0.3)
