@@ -93,14 +93,9 @@ def diagnose_model(model, tokens: np.ndarray, *, chunk: int | None = None,
     return out
 
 
-def run(workdirs: list[str], names: list[str] | None, out: str, batches: int = 4,
-        max_tokens: int = 2048, step: int | None = None) -> dict:
-    """Diagnoses every run, writes the PNGs and diagnostics.json to ``out``; returns the JSON
-    dict {"batches", "max_tokens", "runs": {name: {workdir, step, connection,
-    connection_kwargs, kind, n_streams, dynamic, out_scale, n_tokens, cosine, coefficients,
-    unfolded: {weights|products: {C0, per_stream, summary}}, gain: {weights|products}}}}."""
-    from seedjax.eval import connection_diagnostics as cd
-    from seedjax.train.restore import load_model
+def check_runs(workdirs: list[str], names: list[str] | None, batches: int) -> list[str]:
+    """Validates the CLI's run arguments (shared by the diagnostics CLIs) and returns the run
+    names (default: the workdirs' basenames)."""
     if not workdirs:
         raise ValueError("--workdirs is empty: pass at least one run directory")
     names = list(names) if names else [os.path.basename(os.path.normpath(w)) for w in workdirs]
@@ -114,6 +109,18 @@ def run(workdirs: list[str], names: list[str] | None, out: str, batches: int = 4
     for w in workdirs:
         if not os.path.isdir(os.path.join(w, "checkpoints")):
             raise ValueError(f"workdir {w!r} has no checkpoints/ directory (train it first)")
+    return names
+
+
+def run(workdirs: list[str], names: list[str] | None, out: str, batches: int = 4,
+        max_tokens: int = 2048, step: int | None = None) -> dict:
+    """Diagnoses every run, writes the PNGs and diagnostics.json to ``out``; returns the JSON
+    dict {"batches", "max_tokens", "runs": {name: {workdir, step, connection,
+    connection_kwargs, kind, n_streams, dynamic, out_scale, n_tokens, cosine, coefficients,
+    unfolded: {weights|products: {C0, per_stream, summary}}, gain: {weights|products}}}}."""
+    from seedjax.eval import connection_diagnostics as cd
+    from seedjax.train.restore import load_model
+    names = check_runs(workdirs, names, batches)
     os.makedirs(out, exist_ok=True)
     result = {"batches": batches, "max_tokens": max_tokens, "runs": {}}
     for w, name in zip(workdirs, names):

@@ -32,23 +32,14 @@ def run(workdirs: list[str], names: list[str] | None, out: str, batches: int = 4
         step: int | None = None) -> dict:
     """Diagnoses every run; writes gains.png, norms.md and diagnostics.json to ``out`` and
     returns {"batches", "runs": {name: {"workdir", "step", "norm_kwargs", "sites": [...]}}}."""
-    from experiments.diagnose_connections import jsonable, val_token_batches
+    from experiments.diagnose_connections import check_runs, jsonable, val_token_batches
     from seedjax.eval import norm_diagnostics as nd
     from seedjax.train.restore import load_model
-    if not workdirs:
-        raise ValueError("--workdirs is empty: pass at least one run directory")
-    names = list(names) if names else [os.path.basename(os.path.normpath(w)) for w in workdirs]
-    if len(names) != len(workdirs) or len(set(names)) != len(names):
-        raise ValueError(f"--names must give one distinct name per workdir, got {names} for "
-                         f"{len(workdirs)} workdirs")
-    if batches < 1:
-        raise ValueError(f"--batches must be >= 1, got {batches}")
+    names = check_runs(workdirs, names, batches)
     os.makedirs(out, exist_ok=True)
     result = {"batches": batches, "runs": {}}
     md = ["# SeeDNorm diagnostics\n"]
     for w, name in zip(workdirs, names):
-        if not os.path.isdir(os.path.join(w, "checkpoints")):
-            raise ValueError(f"workdir {w!r} has no checkpoints/ directory (train it first)")
         model, config, ckpt_step = load_model(w, step)
         rows = nd.seednorm_summary(model, val_token_batches(config, batches))
         result["runs"][name] = {"workdir": w, "step": ckpt_step,

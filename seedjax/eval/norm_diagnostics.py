@@ -23,11 +23,6 @@ import numpy as np
 from seedjax.eval.memory_diagnostics import lm_blocks
 from seedjax.nn.norms import SeeDNorm
 
-SUMMARY_KEYS = ("act_mean", "act_std", "act_p5", "act_p95", "saturated", "gain_mean",
-                "gain_std", "gain_p5", "gain_p95", "input_rms", "beta_norm", "alpha_mean",
-                "gamma_mean")
-
-
 def norm_sites(model) -> list[tuple[str, object]]:
     """[(name, norm module)] in forward order: ``L{i}.attn``, ``L{i}.ffn`` ..., ``final``."""
     sites = []
@@ -48,7 +43,7 @@ def _site_arrays(norm: SeeDNorm, x: jax.Array) -> tuple[np.ndarray, np.ndarray, 
     """-> act [N, heads], gain [N] (channel-mean effective gain), rms [N] for x [..., d]."""
     x = x.reshape(-1, norm.dim).astype(jnp.float32)
     act = norm.dynamic_scalar(x)                          # [N, h]
-    gain = jnp.mean(norm.gamma_vector()) + jnp.mean(norm.dynamic_gain(x), axis=-1)
+    gain = jnp.mean(norm.gamma_vector()) + jnp.mean(norm.gain_from_scalar(act), axis=-1)
     rms = jnp.sqrt(jnp.mean(x * x, axis=-1))
     return np.asarray(act), np.asarray(gain), np.asarray(rms)
 
@@ -62,23 +57,18 @@ def _saturated(act: np.ndarray, activation: str) -> float:
 def seednorm_summary(model, token_batches) -> list[dict]:
     """Per SeeDNorm site, the statistics of the module docstring pooled over ``token_batches``
     (an iterable of [B, T] int arrays). Raises ValueError if the model has no SeeDNorm."""
-    sites = [(name, n) for name, n in norm_sites(model) if isinstance(n, SeeDNorm)]
+    sites = [(i, name, n) for i, (name, n) in enumerate(norm_sites(model))
+             if isinstance(n, SeeDNorm)]
     if not sites:
         raise ValueError("the model has no SeeDNorm layers (model.norm must be 'seednorm')")
-    index = {name: i for i, (name, _) in enumerate(norm_sites(model))}
-    acts = {name: [] for name, _ in sites}
-    gains = {name: [] for name, _ in sites}
-    rmss = {name: [] for name, _ in sites}
+    parts = {name: [] for _, name, _ in sites}     # per site: [(act, gain, rms)] per batch
     for tokens in token_batches:
         inputs = norm_inputs(model, tokens)
-        for name, norm in sites:
-            a, g, r = _site_arrays(norm, inputs[index[name]])
-            acts[name].append(a)
-            gains[name].append(g)
-            rmss[name].append(r)
+        for i, name, norm in sites:
+            parts[name].append(_site_arrays(norm, inputs[i]))
     rows = []
-    for name, norm in sites:
-        a, g = np.concatenate(acts[name]), np.concatenate(gains[name])
+    for _, name, norm in sites:
+        a, g, rms = (np.concatenate(x) for x in zip(*parts[name]))
         gamma = np.asarray(norm.gamma_vector())
         rows.append({
             "site": name, "act_mean": float(a.mean()), "act_std": float(a.std()),
@@ -86,7 +76,7 @@ def seednorm_summary(model, token_batches) -> list[dict]:
             "saturated": _saturated(a, norm.activation),
             "gain_mean": float(g.mean()), "gain_std": float(g.std()),
             "gain_p5": float(np.percentile(g, 5)), "gain_p95": float(np.percentile(g, 95)),
-            "input_rms": float(np.concatenate(rmss[name]).mean()),
+            "input_rms": float(rms.mean()),
             "beta_norm": float(np.linalg.norm(np.asarray(norm.beta[...]))),
             "alpha_mean": float(np.mean(np.asarray(norm.alpha[...]))),
             "gamma_mean": float(gamma.mean())})

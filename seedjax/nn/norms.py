@@ -129,18 +129,18 @@ class SeeDNorm(nnx.Module):
         """The static gain gamma [dim] (the +1 of ``zero_centered_gamma`` applied)."""
         return self.gamma[...] + (1.0 if self.zero_centered_gamma else 0.0)
 
-    def dynamic_gain(self, x: jax.Array) -> jax.Array:
-        """alpha * act(s_j(x)) spread over each head's channels, float32: [..., dim]."""
+    def gain_from_scalar(self, act: jax.Array) -> jax.Array:
+        """alpha * act spread over each head's channels: act [..., num_heads] -> [..., dim]."""
         h, c = self.num_heads, self.dim // self.num_heads
         alpha = jnp.broadcast_to(self.alpha[...], (self.dim,)).reshape(h, c)
-        return (self.dynamic_scalar(x)[..., None] * alpha).reshape(*x.shape[:-1], self.dim)
+        return (act[..., None] * alpha).reshape(*act.shape[:-1], self.dim)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[-1] != self.dim:
             raise ValueError(f"SeeDNorm expects last dim {self.dim}, got shape {x.shape}")
         xf = x.astype(jnp.float32)
         inv_rms = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        y = (self.gamma_vector() + self.dynamic_gain(x)) * xf * inv_rms
+        y = (self.gamma_vector() + self.gain_from_scalar(self.dynamic_scalar(x))) * xf * inv_rms
         return y.astype(x.dtype)
 
 
