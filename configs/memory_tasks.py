@@ -111,8 +111,9 @@ def get_sweep(variant=None):
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} unknown; allowed: {VARIANTS}")
     # dense / MoE / UltraMem / UltraMemV2 exactly as in the V2 loss comparison (equal activated
-    # compute; MoE and memory at equal total parameters), plus PKM as the FFN
+    # compute; MoE and memory at equal total parameters), V2 with both inits (the released
+    # code's is the one that trains well at this scale, results/ultramem_v2), plus PKM as the FFN
     from configs.papers import ultramem_v2
-    main = {"dense", "moe", "ultramem", "ultramem_v2"}
+    main = {"dense", "moe", "ultramem", "ultramem_v2", "v2_official_init"}
     rows = [dict(r, group="V2 T2") for r in ultramem_v2.get_sweep(variant) if r["name"] in main]
     return rows + [row("pkm", "-", "ffn", model__ffn="pkm", model__ffn_kwargs=PKM[variant])]
