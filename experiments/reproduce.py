@@ -12,7 +12,9 @@ killed at the end of a session continues in the next one. After the runs, ``<out
 cover every row of the sweep and every finished seed (``--rows`` / ``--seeds`` only choose what
 runs, so a partial call never drops finished rows from the table). A config with a
 ``task_eval`` block (configs/memory_tasks.py) also gets held-out memory-task accuracy per run
-(result key ``tasks``; seedjax.eval.task_scoring) and a task-accuracy table.
+(result key ``tasks``; seedjax.eval.task_scoring) and a task-accuracy table. A config with
+``get_series(variant)`` also gets loss-vs-x plots (``<out>/series_<name>.png``) and tables, e.g.
+loss vs number of slots (experiments/sweep_series.py).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from experiments.overrides import apply_overrides
+from experiments.sweep_series import validate_series
 
 FLAGS = flags.FLAGS
 
@@ -125,7 +128,7 @@ def _axis_top(means: list) -> float:
 
 
 def write_report(out: str, rows: list, results: list, command: str, seeds: list,
-                 base=None) -> None:
+                 base=None, series: list | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -168,6 +171,10 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
             lines.append(f"| {r['name']} | " + " | ".join(
                 _mean_std(m, s, n, 3) if n else "" for m, s, n in accs) + " |")
     os.makedirs(out, exist_ok=True)
+    if series:  # loss against a swept quantity (experiments/sweep_series.py)
+        from experiments.sweep_series import write_series
+        lines += write_series(out, series, {
+            r["name"]: _stats([x.get("val_loss") for x in by_row[r["name"]]]) for r in rows})
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -224,6 +231,8 @@ def main(argv):
     module, variant = load_config_module(FLAGS.config)
     base = module.get_config(variant)
     rows = all_rows = module.get_sweep(variant)
+    series = module.get_series(variant) if hasattr(module, "get_series") else []
+    validate_series(series, [r["name"] for r in rows])
     if FLAGS.rows:
         wanted = FLAGS.rows.split(",")
         unknown = sorted(set(wanted) - {r["name"] for r in rows})
@@ -249,7 +258,7 @@ def main(argv):
                    for p in sorted(glob.glob(os.path.join(run_dir,
                                                           f"{glob.escape(r['name'])}__s*.json")))]
         found = sorted({int(x["seed"]) for x in results if "seed" in x}) or seeds
-        write_report(FLAGS.out, all_rows, results, command, found, base)
+        write_report(FLAGS.out, all_rows, results, command, found, base, series)
 
     if not FLAGS.report_only:
         for i, (r, s) in enumerate(todo):

@@ -61,3 +61,21 @@ def get_sweep(variant=None):
         um("slots_16k", "- (Fig. 6b)", "F6b", n_keys=slots(128)),
         um("preselect_abs", "- (ours)", "ours", preselect="abs"),
     ]
+
+
+def get_series(variant=None):
+    """Loss vs value rows per unit at fixed top-m (Fig. 6b: loss falls about linearly as the
+    table grows exponentially; no numbers published) and loss vs IVE's E (Table 3)."""
+    rows = {r["name"]: r["overrides"]["model.memory_kwargs"] for r in get_sweep(variant)
+            if r["overrides"].get("model.memory") == "ultramem"}
+    return [
+        {"name": "slots", "title": "UltraMem: val loss vs value rows per unit, top-m fixed "
+                                   "(Fig. 6b direction)",
+         "xlabel": "value rows per unit (knum^2)", "logx": True,
+         "points": [(n, rows[n]["n_keys"] ** 2) for n in ("slots_1k", "ultramem", "slots_16k")]},
+        {"name": "ive", "title": "UltraMem: val loss vs implicit value expansion E (Table 3)",
+         "xlabel": "E (virtual blocks per physical value)",
+         "points": [(n, rows[n]["expand"]) for n in ("ive_e1", "ultramem", "ive_e9", "ive_e16")],
+         "paper": {"label": "UltraMem-151M Table 3", "points": [(1, 2.789), (4, 2.772),
+                                                               (9, 2.764), (16, 2.762)]}},
+    ]

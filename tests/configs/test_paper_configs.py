@@ -74,3 +74,16 @@ def test_unknown_variant_raises():
     mod = importlib.import_module("configs.papers.hyper_connections")
     with pytest.raises(ValueError, match="variant"):
         mod.get_config("huge")
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+@pytest.mark.parametrize("variant", ("smoke", "cpu"))
+def test_series_name_sweep_rows(paper, variant):
+    """A config's get_series (loss vs a swept quantity) only names rows of its own sweep, with
+    x > 0 on log axes (experiments.sweep_series.validate_series raises otherwise)."""
+    from experiments.sweep_series import validate_series
+    mod = importlib.import_module(f"configs.papers.{paper}")
+    series = mod.get_series(variant) if hasattr(mod, "get_series") else []
+    validate_series(series, [r["name"] for r in mod.get_sweep(variant)])
+    for s in series:
+        assert len({x for _, x in s["points"]}) == len(s["points"]), s["name"]  # distinct x

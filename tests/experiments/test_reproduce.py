@@ -21,6 +21,9 @@ def get_config(variant=None):
 def get_sweep(variant=None):
     return [{{"name": "base", "paper": "1.00", "group": "T"}},
             {{"name": "wide", "overrides": {{"model.mlp_dim": 256}}, "paper": "0.99", "group": "T"}}]
+
+def get_series(variant=None):
+    return [{{"name": "width", "xlabel": "mlp_dim", "points": [("base", 128), ("wide", 256)]}}]
 '''
 
 
@@ -43,6 +46,7 @@ def test_sweep_runs_skips_and_reports(tmp_path, small_corpus):
     table = open(out / "table.md").read()
     assert "| T | base | 1.00 |" in table and "| T | wide | 0.99 |" in table
     assert (out / "val_loss.png").exists() and (out / "curves.png").exists()
+    assert "Series `width`" in table and (out / "series_width.png").exists()  # get_series
     second = _run(cfg, out, tmp_path)
     assert second.returncode == 0 and "2 runs, 0 to do" in second.stdout
     bad = _run(cfg, out, tmp_path, "--rows", "nope")

@@ -1,0 +1,97 @@
+"""Sweep series: validation loss against a swept quantity (number of slots, IVE's E, ...).
+
+A paper config may define ``get_series(variant)`` next to ``get_sweep``; each series is
+
+  {"name": "slots",                         # file name: <out>/series_<name>.png
+   "title": "loss vs value rows (UltraMem Fig. 6b)",
+   "xlabel": "value rows per unit", "logx": True,
+   "points": [("slots_1k", 1024), ("ultramem", 4096), ...],     # (sweep row, x)
+   "paper": {"label": "UltraMem Table 3, val loss",              # optional
+             "points": [(1, 2.789), (4, 2.772), ...]}}
+
+``experiments.reproduce`` draws each series (ours: mean ± std over the finished seeds; the
+paper's numbers in a panel beside it, since the scales differ) and appends a table per series to
+``table.md``. Rows not run yet are left out of the plot and shown as "not run yet".
+"""
+from __future__ import annotations
+
+import math
+import os
+
+REQUIRED = ("name", "xlabel", "points")
+
+
+def validate_series(series: list, row_names) -> None:
+    """Raises ValueError if a series lacks a field, repeats a name or names an unknown row."""
+    names = set(row_names)
+    seen = set()
+    for s in series:
+        missing = [k for k in REQUIRED if k not in s]
+        if missing:
+            raise ValueError(f"series {s.get('name', '?')!r} lacks field(s) {missing}; "
+                             f"required: {REQUIRED}")
+        if s["name"] in seen:
+            raise ValueError(f"series name {s['name']!r} repeated")
+        seen.add(s["name"])
+        unknown = [r for r, _ in s["points"] if r not in names]
+        if unknown:
+            raise ValueError(f"series {s['name']!r} names rows {unknown} that are not in the "
+                             f"sweep; rows: {sorted(names)}")
+        for _, x in s["points"]:
+            if s.get("logx") and not x > 0:
+                raise ValueError(f"series {s['name']!r}: logx needs x > 0, got {x}")
+
+
+def write_series(out: str, series: list, stats_by_row: dict) -> list[str]:
+    """Draws ``<out>/series_<name>.png`` per series and returns markdown lines for table.md.
+
+    stats_by_row: row name -> (mean, std, n) of the final val loss (n = 0: not run yet).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []
+    for s in series:
+        paper = s.get("paper")
+        paper_y = dict(paper["points"]) if paper else {}
+        lines += ["", f"Series `{s['name']}`: {s.get('title', s['name'])} "
+                  f"(plot: series_{s['name']}.png)", "",
+                  f"| {s['xlabel']} | row | ours: val loss (mean ± std, n) |"
+                  + (f" paper: {paper['label']} |" if paper else ""),
+                  "|---|---|---|" + ("---|" if paper else "")]
+        for r, x in s["points"]:
+            m, sd, n = stats_by_row[r]
+            ours = "not run yet" if n == 0 else (f"{m:.4f} ({n})" if n == 1
+                                                  else f"{m:.4f} ± {sd:.4f} ({n})")
+            p = paper_y.get(x)
+            lines.append(f"| {x:g} | {r} | {ours} |"
+                         + ((f" {p:g} |" if p is not None else " - |") if paper else ""))
+
+        fig, axes = plt.subplots(1, 2 if paper else 1, figsize=(10 if paper else 5.5, 4),
+                                 squeeze=False)
+        ax = axes[0][0]
+        done = [(x, *stats_by_row[r][:2]) for r, x in s["points"] if stats_by_row[r][2]]
+        if done:
+            xs, ms, sds = zip(*sorted(done))
+            ax.errorbar(xs, ms, yerr=sds, fmt="-o", capsize=4, color="C0")
+        for r, x in s["points"]:
+            m, _, n = stats_by_row[r]
+            if n and math.isfinite(m):
+                ax.annotate(r, (x, m), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_title("ours", fontsize=9)
+        if paper:
+            px, py = zip(*sorted(paper["points"]))
+            axes[0][1].plot(px, py, "-s", color="C1")
+            axes[0][1].set_title(f"paper: {paper['label']}", fontsize=9)
+        for a in axes[0]:
+            a.set_xlabel(s["xlabel"])
+            a.set_ylabel("val loss")
+            a.grid(alpha=0.3)
+            if s.get("logx"):
+                a.set_xscale("log", base=2)
+        fig.suptitle(s.get("title", s["name"]), fontsize=10)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"series_{s['name']}.png"), dpi=120)
+        plt.close(fig)
+    return lines
