@@ -54,6 +54,7 @@ def get_sweep(variant=None):
         um("ultramem", "2.736 (UltraMem-151M)", "T2"),
         um("softmax_kept", "+0.006 (rm softmax -0.006)", "T2", score_fn="softmax"),
         um("no_value_lr_decay", "+0.022", "T2", lr={}),
+        um("paper_init", "-0.003 (improved init)", "T2", init="paper"),
         um("ive_e1", "+0.017 (E=4 -0.017)", "T3", expand=1),
         um("ive_e9", "-0.008 vs E=4", "T3", expand=9),
         um("ive_e16", "-0.010 vs E=4", "T3", expand=16),
