@@ -73,7 +73,8 @@ def run_one(base, row: dict, seed: int, workdir: str) -> dict:
                 "wall_s": time.time() - t0}
     train = summary["train"] or {}
     from seedjax.train.metrics import read_metrics
-    rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    metrics = os.path.join(workdir, "metrics.jsonl")  # absent if preempted before any log
+    rows = read_metrics(metrics) if os.path.exists(metrics) else []
     # a resumed run logs the steps after its checkpoint again: keep the last value per step
     curve = lambda split: sorted({r["step"]: r["loss"] for r in rows
                                   if r["split"] == split}.items())

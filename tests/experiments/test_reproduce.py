@@ -58,3 +58,24 @@ def test_sweep_runs_skips_and_reports(tmp_path, small_corpus):
     assert third.returncode == 0, third.stderr[-3000:]
     table = open(out / "table.md").read()
     assert "Seeds: [0, 7]." in table and "± 0.0000 (2)" in table and "| wide | 0.99 |" in table
+
+
+def test_run_one_preempted_before_first_log(tmp_path, monkeypatch):
+    """A run stopped (SIGTERM) before it wrote any metric reports "preempted" with an empty
+    curve instead of crashing on the missing metrics.jsonl (the sweep then stops cleanly and
+    the next call resumes the row)."""
+    from configs.lm import get_config
+    from experiments import reproduce
+    from seedjax.train import loop
+
+    class Preempted:
+        def __init__(self, cfg, workdir):
+            pass
+
+        def run(self):
+            return {"status": "preempted", "train": None, "step": 0, "n_params": 1,
+                    "val": {"loss": float("nan"), "bits_per_byte": float("nan")}}
+
+    monkeypatch.setattr(loop, "Trainer", Preempted)
+    res = reproduce.run_one(get_config("smoke"), {"name": "r"}, 0, str(tmp_path / "w"))
+    assert res["status"] == "preempted" and res["val_curve"] == [] and res["step"] == 0
