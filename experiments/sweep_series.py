@@ -7,7 +7,9 @@ A paper config may define ``get_series(variant)`` next to ``get_sweep``; each se
    "xlabel": "value rows per unit", "logx": True,
    "points": [("slots_1k", 1024), ("ultramem", 4096), ...],     # (sweep row, x)
    "paper": {"label": "UltraMem Table 3, val loss",              # optional
-             "points": [(1, 2.789), (4, 2.772), ...]}}
+             "points": [(1, 2.789), (4, 2.772), ...]},
+   "min_yspan": 0.04}     # optional: our panel's y-range spans at least this (nats), so that
+                          # differences inside the seed spread are not drawn as a slope
 
 ``experiments.reproduce`` draws each series (ours: mean ± std over the finished seeds; the
 paper's numbers in a panel beside it, since the scales differ) and appends a table per series to
@@ -80,6 +82,10 @@ def write_series(out: str, series: list, stats_by_row: dict) -> list[str]:
             if n and math.isfinite(m):
                 ax.annotate(r, (x, m), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_title("ours", fontsize=9)
+        if done and s.get("min_yspan"):
+            lo, hi = ax.get_ylim()
+            pad = max(0.0, s["min_yspan"] - (hi - lo)) / 2
+            ax.set_ylim(lo - pad, hi + pad)
         if paper:
             px, py = zip(*sorted(paper["points"]))
             axes[0][1].plot(px, py, "-s", color="C1")

@@ -72,10 +72,10 @@ def get_series(variant=None):
     return [
         {"name": "slots", "title": "UltraMem: val loss vs value rows per unit, top-m fixed "
                                    "(Fig. 6b direction)",
-         "xlabel": "value rows per unit (knum^2)", "logx": True,
+         "xlabel": "value rows per unit (knum^2)", "logx": True, "min_yspan": 0.05,
          "points": [(n, rows[n]["n_keys"] ** 2) for n in ("slots_1k", "ultramem", "slots_16k")]},
         {"name": "ive", "title": "UltraMem: val loss vs implicit value expansion E (Table 3)",
-         "xlabel": "E (virtual blocks per physical value)",
+         "xlabel": "E (virtual blocks per physical value)", "min_yspan": 0.05,
          "points": [(n, rows[n]["expand"]) for n in ("ive_e1", "ultramem", "ive_e9", "ive_e16")],
          "paper": {"label": "UltraMem-151M Table 3", "points": [(1, 2.789), (4, 2.772),
                                                                (9, 2.764), (16, 2.762)]}},

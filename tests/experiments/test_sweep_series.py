@@ -31,3 +31,4 @@ def test_write_series_table_and_plot(tmp_path):
     assert "| 64 | base | 1.5500 (1) | 2.7 |" in text
     assert "| 256 | big | not run yet | - |" in text      # no paper value at x = 256 either
     assert (tmp_path / "series_slots.png").stat().st_size > 1000
+    write_series(str(tmp_path), [dict(SERIES[0], min_yspan=0.5)], stats)  # y-range option
