@@ -30,7 +30,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from experiments.overrides import apply_overrides
-from experiments.sweep_series import validate_series
+from experiments.seed_stats import mean_std_text, seed_stats
+from experiments.sweep_series import validate_series, write_series
 
 FLAGS = flags.FLAGS
 
@@ -92,20 +93,6 @@ def run_one(base, row: dict, seed: int, workdir: str) -> dict:
             "val_curve": curve("val"), "train_curve": curve("train")}
 
 
-def _mean_std(m: float, s: float, n: int, digits: int) -> str:
-    """'mean ± std (n)'; one run has no spread, so just 'value (1)'."""
-    return f"{m:.{digits}f} ({n})" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f} ({n})"
-
-
-def _stats(xs):
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs:
-        return float("nan"), float("nan"), 0
-    mean = sum(xs) / len(xs)
-    std = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
-    return mean, std, len(xs)
-
-
 def row_flops(base, row: dict) -> float | None:
     """Activated forward FLOPs per token of a row's model (None if no formula applies)."""
     from seedjax.models import LMConfig
@@ -136,8 +123,9 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
 
     from seedjax.train.loop import versions
     by_row = {r["name"]: [x for x in results if x["row"] == r["name"]] for r in rows}
+    loss = {n: seed_stats([x.get("val_loss") for x in res]) for n, res in by_row.items()}
     base_name = rows[0]["name"]
-    base_mean = _stats([x.get("val_loss") for x in by_row[base_name]])[0]
+    base_mean = loss[base_name][0]
     lines = [f"# {os.path.basename(out.rstrip('/'))}: reproduction table", "",
              f"Command: `{command}`", f"Seeds: {seeds}. Generated {time.strftime('%Y-%m-%d %H:%M')}.",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores; versions: "
@@ -147,9 +135,9 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         res = by_row[r["name"]]
-        m, s, n = _stats([x.get("val_loss") for x in res])
-        bpb = _stats([x.get("val_bpb") for x in res])[0]
-        st = _stats([x.get("step_time_s") for x in res])[0]
+        m, s, n = loss[r["name"]]
+        bpb = seed_stats([x.get("val_bpb") for x in res])[0]
+        st = seed_stats([x.get("step_time_s") for x in res])[0]
         div = sum(x["status"] == "diverged" for x in res)
         params = next((x["params"] for x in res if x.get("params")), 0)
         flops = row_flops(base, r) if base is not None else None
@@ -159,28 +147,26 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
                          f"not run yet | | | | | {flops} | |")
             continue
         lines.append(f"| {r.get('group', '')} | {r['name']} | {r.get('paper', '')} | "
-                     f"{_mean_std(m, s, n, 4)} | {m - base_mean:+.4f} | {bpb:.4f} | {st:.3f} | "
-                     f"{params / 1e6:.2f}M | {flops} | {div} |")
+                     f"{mean_std_text(m, s, n, 4)} | {m - base_mean:+.4f} | {bpb:.4f} | "
+                     f"{st:.3f} | {params / 1e6:.2f}M | {flops} | {div} |")
     task_names = sorted({t for x in results for t in (x.get("tasks") or {})})
     if task_names:  # runs of configs with a task_eval block (see seedjax.eval.task_scoring)
         lines += ["", "Held-out memory-task token accuracy (teacher-forced greedy; mean ± std, "
                   "n):", "", "| row | " + " | ".join(task_names) + " |",
                   "|---" * (len(task_names) + 1) + "|"]
         for r in rows:
-            accs = [_stats([(x.get("tasks") or {}).get(t, {}).get("token_acc")
-                            for x in by_row[r["name"]]]) for t in task_names]
+            accs = [seed_stats([(x.get("tasks") or {}).get(t, {}).get("token_acc")
+                                for x in by_row[r["name"]]]) for t in task_names]
             lines.append(f"| {r['name']} | " + " | ".join(
-                _mean_std(m, s, n, 3) if n else "" for m, s, n in accs) + " |")
+                mean_std_text(m, s, n, 3) if n else "" for m, s, n in accs) + " |")
     os.makedirs(out, exist_ok=True)
     if series:  # loss against a swept quantity (experiments/sweep_series.py)
-        from experiments.sweep_series import write_series
-        lines += write_series(out, series, {
-            r["name"]: _stats([x.get("val_loss") for x in by_row[r["name"]]]) for r in rows})
+        lines += write_series(out, series, loss)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
     names = [r["name"] for r in rows]
-    stats = [_stats([x.get("val_loss") for x in by_row[n]]) for n in names]
+    stats = [loss[n] for n in names]
     top = _axis_top([s[0] for s in stats if s[2]])
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 4))
     shown = [min(s[0], top) if s[2] else float("nan") for s in stats]

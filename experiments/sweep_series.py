@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 import os
 
+from experiments.seed_stats import mean_std_text
+
 REQUIRED = ("name", "xlabel", "points")
 
 
@@ -64,8 +66,7 @@ def write_series(out: str, series: list, stats_by_row: dict) -> list[str]:
                   "|---|---|---|" + ("---|" if paper else "")]
         for r, x in s["points"]:
             m, sd, n = stats_by_row[r]
-            ours = "not run yet" if n == 0 else (f"{m:.4f} ({n})" if n == 1
-                                                  else f"{m:.4f} ± {sd:.4f} ({n})")
+            ours = mean_std_text(m, sd, n, 4) if n else "not run yet"
             p = paper_y.get(x)
             lines.append(f"| {x:g} | {r} | {ours} |"
                          + ((f" {p:g} |" if p is not None else " - |") if paper else ""))
