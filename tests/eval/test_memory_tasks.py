@@ -157,6 +157,7 @@ def test_episode_length_fit_and_scaling(name):
     (lambda: mt.MQARConfig(n_pairs=True), "mqar.n_pairs"),
     (lambda: mt.MQARConfig(value_chars="hex"), "mqar.value_chars"),
     (lambda: mt.MultiRoundConfig(n_rounds=3, min_lag=3), "multi_round.min_lag"),
+    (lambda: mt.MultiRoundConfig(facts_per_round=1), "multi_round.facts_per_round"),
     (lambda: mt.ICLConfig(n_symbols=8, n_unseen=2, n_demos=5), "icl.n_demos"),
     (lambda: mt.ICLConfig(n_unseen=2, n_unseen_queries=2), "icl.n_unseen_queries"),
     (lambda: mt.make_task("mqar", pairs=3), "mqar field"),
@@ -166,6 +167,27 @@ def test_invalid_config_raises_naming_the_field(make, field):
     """Out-of-range or unknown fields raise ValueError naming the field (and what is allowed)."""
     with pytest.raises(ValueError, match=re.escape(field) + r".*(must be|allowed)"):
         make()
+
+
+def test_multi_round_questions_are_not_a_fixed_offset_copy():
+    """With 1-character names and 2 facts per round (configs/memory_tasks.py:cpu), the asked
+    fact's lag in rounds varies, and so does which of its round's facts is asked: no fixed
+    positional offset answers the questions. (With one fact per round every question asked the
+    fact exactly min_lag rounds back; a dense model then scored 1.000 by copying, so that size is
+    now a ValueError.)"""
+    cfg = mt.MultiRoundConfig(n_rounds=4, facts_per_round=2, name_len=1, value_len=1)
+    lags, slots = set(), set()
+    for ep in mt.generate_episodes(cfg, 64, seed=0, split="test")["tokens"]:
+        lines = ByteTokenizer().decode(ep).split("\n")[:-1]
+        stated = [line.partition(" ? ")[0].split(" ") for line in lines]
+        for r, line in enumerate(lines):
+            if " ? " in line:
+                name = line.partition(" ? ")[2].split("=")[0]
+                (src, slot), = [(i, j) for i, facts in enumerate(stated)
+                                for j, kv in enumerate(facts) if kv.split("=")[0] == name]
+                lags.add(r - src)
+                slots.add(slot)
+    assert lags == {1, 2, 3} and slots == {0, 1}
 
 
 # ------------------------------------------------------------------ scoring
