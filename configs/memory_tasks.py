@@ -1,34 +1,44 @@
 """Memory-intensive synthetic tasks, proxies for UltraMemV2 Table 2's long-context memorisation,
-multi-round memorisation and in-context-learning suites: a small byte-level LM trained on a
-mixture of MQAR, multi-round recall and in-context learning of a random bijection
+multi-round memorisation and in-context-learning suites: a small byte-level LM trained on
+episodes of MQAR, multi-round recall and/or in-context learning of a random bijection
 (``seedjax.eval.memory_tasks``; ``data.source`` syntax in ``seedjax.data.synthetic``), then
 scored by teacher-forced greedy accuracy on held-out episodes.
 
-Variants: ``cpu`` (the configs/papers/common.py model: d=128, 6 layers; windows of 64 tokens,
-batch 32, 3000 steps over 96,000 distinct train windows; single-character keys and values so
-in-context recall emerges within a CPU budget) and ``smoke`` (seconds: tiny tasks).
+Variants (all use the configs/papers/common.py model, d=128 and 6 layers, in 64-token windows):
+
+* ``cpu``: MQAR alone (6 pairs, 6 queries, one-character keys and values), batch 32, 3000 steps
+  over 96,000 distinct windows: the one setting in which in-context recall emerges on 2 CPU
+  cores (see below), so the sweep compares designs on it;
+* ``mixture_cpu``: the same with multi-round recall and ICL mixed in (one third each), for an
+  accelerator budget: at 3000 steps all three tasks stay at chance;
+* ``smoke``: seconds, tiny tasks; ``facts_cpu`` / ``facts_smoke``: parametric fact recall.
 
   python -m experiments.train --config configs/memory_tasks.py:cpu --workdir runs/memory_tasks
   python -m experiments.memory_tasks --config configs/memory_tasks.py:cpu \
-      --workdir runs/memory_tasks [--tasks mqar,icl]
+      --workdir runs/memory_tasks [--tasks mqar]
   python -m experiments.reproduce --config configs/memory_tasks.py:cpu \
       --out results/memory_tasks --seeds 0,1,2
   python -m experiments.reproduce --config configs/memory_tasks.py:facts_cpu \
       --out results/memory_facts --seeds 0,1,2      # parametric fact recall (knowledge capacity)
 
-One task only: ``--config.data.source=task:mqar(n_pairs=6,n_queries=6,key_len=1,value_len=1)``. The sweep
-compares dense, MoE, UltraMem and UltraMemV2 with the shapes of configs/papers/ultramem_v2.py
-(UltraMemV2 Table 2's direction), plus a product-key memory as the FFN (``model.ffn="pkm"``). ``task_eval`` sets the
-held-out evaluation (``test``-split episodes) run by experiments.memory_tasks and, after each
-sweep run, by experiments.reproduce (``tasks=""``: every task of ``data.source``).
+The sweep compares dense, MoE, UltraMem and UltraMemV2 with the shapes of
+configs/papers/ultramem_v2.py (UltraMemV2 Table 2's direction), plus a product-key memory as the
+FFN (``model.ffn="pkm"``). ``task_eval`` sets the held-out evaluation (``test``-split episodes)
+run by experiments.memory_tasks and, after each sweep run, by experiments.reproduce
+(``tasks=""``: every task of ``data.source``).
 
-How ``cpu`` was sized (dense, seed 0, 2-core CPU). The first setting (seq 128, batch 16, the
-default two-character keys and values, 1500 steps) left all three tasks at chance (token
-accuracy mqar 0.102, multi_round 0.095, icl 0.089 vs chance 0.100 / 0.100 / 0.083), and so did an
-easier MQAR alone for 600 steps (0.105). MQAR alone with one-character keys and values in
-64-token windows (``n_pairs=6,n_queries=6``, batch 32) sits on the chance plateau (val loss
-1.045) until about step 1500, then recall starts to emerge: val loss 1.015 and token accuracy
-0.234 (chance 0.100) at step 3000. ``cpu`` is that setting, with the three tasks mixed.
+How the variants were sized (dense, seed 0, 2-core CPU; token accuracy vs chance):
+
+* seq 128, batch 16, two-character keys and values, three tasks mixed, 1500 steps: all at
+  chance (mqar 0.102, multi_round 0.095, icl 0.089 vs 0.100 / 0.100 / 0.083); an easier MQAR
+  alone for 600 steps: 0.105.
+* ``mixture_cpu`` with one fact per round: multi_round scored 1.000, because each question then
+  asks the fact of the line before (a fixed-offset copy; such sizes are now rejected), while
+  mqar 0.260 and icl 0.169 (chance 0.167).
+* ``mixture_cpu`` as it is now: mqar 0.098, multi_round 0.118, icl 0.169 (chance 0.100 / 0.100 /
+  0.167); val loss flat at 0.878-0.885 from step 250 to 3000.
+* ``cpu``: val loss sits on the chance plateau (1.045) until about step 1500, then recall
+  emerges: val loss 1.015 and mqar token accuracy 0.234 (chance 0.100) at step 3000.
 """
 from __future__ import annotations
 
@@ -44,7 +54,10 @@ from seedjax.data.synthetic import format_task_source  # noqa: E402
 
 # Task sizes per variant (fields of seedjax.eval.memory_tasks.TASKS[name]; lengths in tokens).
 TASK_SIZES = {
-    "cpu": {  # 50, 50 and 52 tokens: each fits seq 64; keys and values are one character
+    "cpu": {  # 50 tokens; keys and values are one character
+        "mqar": dict(n_pairs=6, n_queries=6, key_len=1, value_len=1),
+    },
+    "mixture_cpu": {  # 50, 50 and 52 tokens: each fits seq 64; keys and values are one character
         "mqar": dict(n_pairs=6, n_queries=6, key_len=1, value_len=1),
         "multi_round": dict(n_rounds=4, facts_per_round=2, name_len=1, value_len=1),
         "icl": dict(n_symbols=6, n_demos=6, n_queries=3, n_unseen=2),
@@ -67,16 +80,20 @@ def get_config(variant=None):
     variant = variant or "cpu"
     if variant.startswith("facts_"):
         return _facts_config(variant)
-    c = base_config(variant, "memory_tasks")
+    if variant not in TASK_SIZES:
+        raise ValueError(f"variant {variant!r} unknown; allowed: {tuple(TASK_SIZES)} and "
+                         f"{tuple(FACTS)}")
+    cpu = variant != "smoke"
+    c = base_config("cpu" if cpu else "smoke", "memory_tasks")
+    c.name = f"memory_tasks_{variant}"
     c.data.seq_len = 64
-    if variant == "cpu":
+    if cpu:
         c.data.batch_size = 32
         c.train.update(steps=3000, warmup_steps=100, eval_every=250, checkpoint_every=250)
         blocks = 96000  # one pass: steps * batch_size
     else:
         blocks = 512  # val: ceil(512 * 0.02) = 11 windows >= one batch of 8
     c.data.source = format_task_source(TASK_SIZES[variant], blocks=blocks)
-    cpu = variant == "cpu"
     c.task_eval = ml_collections.ConfigDict(dict(
         tasks="", episodes=256 if cpu else 16, batch_size=32 if cpu else 8, seed=0))
     c.sample.update(prompt="ab:12 cd:34 ef:56 | cd:", length=16)
@@ -108,7 +125,7 @@ def _facts_config(variant):
 
 def get_sweep(variant=None):
     variant = variant or "cpu"
-    variant = variant.removeprefix("facts_")
+    variant = variant.removeprefix("facts_").removeprefix("mixture_")
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} unknown; allowed: {VARIANTS}")
     # dense / MoE / UltraMem / UltraMemV2 exactly as in the V2 loss comparison (equal activated
