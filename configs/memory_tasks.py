@@ -49,7 +49,7 @@ import ml_collections
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-from configs.papers.common import VARIANTS, base_config, row  # noqa: E402
+from configs.papers.common import base_config, row  # noqa: E402
 from seedjax.data.synthetic import format_task_source  # noqa: E402
 
 # Task sizes per variant (fields of seedjax.eval.memory_tasks.TASKS[name]; lengths in tokens).
@@ -76,15 +76,22 @@ FACTS = {"facts_cpu": dict(n_facts=2048, n_queries=18), "facts_smoke": dict(n_fa
                                                                              n_queries=8)}
 
 
+def _model_size(variant: str) -> str:
+    """The configs/papers/common.py size ("cpu" or "smoke") of a variant; ValueError naming the
+    allowed variants otherwise."""
+    allowed = tuple(TASK_SIZES) + tuple(FACTS)
+    if variant not in allowed:
+        raise ValueError(f"variant {variant!r} unknown; allowed: {allowed}")
+    return "smoke" if variant.endswith("smoke") else "cpu"
+
+
 def get_config(variant=None):
     variant = variant or "cpu"
-    if variant.startswith("facts_"):
-        return _facts_config(variant)
-    if variant not in TASK_SIZES:
-        raise ValueError(f"variant {variant!r} unknown; allowed: {tuple(TASK_SIZES)} and "
-                         f"{tuple(FACTS)}")
-    cpu = variant != "smoke"
-    c = base_config("cpu" if cpu else "smoke", "memory_tasks")
+    size = _model_size(variant)
+    if variant in FACTS:
+        return _facts_config(variant, size)
+    cpu = size == "cpu"
+    c = base_config(size, "memory_tasks")
     c.name = f"memory_tasks_{variant}"
     c.data.seq_len = 64
     if cpu:
@@ -100,15 +107,11 @@ def get_config(variant=None):
     return c
 
 
-def _facts_config(variant):
+def _facts_config(variant, size):
     """Parametric fact recall only (``facts`` task): 2,048 fixed key=value facts, 18 asked per
     126-token episode, 1000 steps (~140 views per fact): how much knowledge each FFN/memory
     design stores at equal activated compute. (With 8,192 facts, ~35 views each, the dense
     model stayed at chance: token accuracy 0.110 vs 0.100.)"""
-    size = variant.removeprefix("facts_")
-    if size not in VARIANTS:
-        raise ValueError(f"variant {variant!r} unknown; allowed: {VARIANTS} and "
-                         f"{tuple('facts_' + v for v in VARIANTS)}")
     c = base_config(size, "memory_tasks_facts")
     if size == "cpu":
         c.train.update(steps=1000, warmup_steps=60, eval_every=250, checkpoint_every=250)
@@ -132,16 +135,13 @@ PAPER_T2 = {"moe": "41.3 / 25.0 / 21.6 (SeedMoE-2.5B/30B)",
 
 def get_sweep(variant=None):
     variant = variant or "cpu"
-    facts = variant.startswith("facts_")
-    variant = variant.removeprefix("facts_").removeprefix("mixture_")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant {variant!r} unknown; allowed: {VARIANTS}")
+    size = _model_size(variant)
     # dense / MoE / UltraMem / UltraMemV2 exactly as in the V2 loss comparison (equal activated
     # compute; MoE and memory at equal total parameters), V2 with both inits (the released
     # code's is the one that trains well at this scale, results/ultramem_v2), plus PKM as the FFN
     from configs.papers import ultramem_v2
     main = {"dense", "moe", "ultramem", "ultramem_v2", "v2_official_init"}
-    rows = [dict(r, group="V2 T2") for r in ultramem_v2.get_sweep(variant) if r["name"] in main]
-    if not facts:  # the paper column: Table 2's task scores, not Table 3's losses
+    rows = [dict(r, group="V2 T2") for r in ultramem_v2.get_sweep(size) if r["name"] in main]
+    if variant not in FACTS:  # the paper column: Table 2's task scores, not Table 3's losses
         rows = [dict(r, paper=PAPER_T2.get(r["name"], "-")) for r in rows]
-    return rows + [row("pkm", "-", "ffn", model__ffn="pkm", model__ffn_kwargs=PKM[variant])]
+    return rows + [row("pkm", "-", "ffn", model__ffn="pkm", model__ffn_kwargs=PKM[size])]
