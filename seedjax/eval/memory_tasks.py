@@ -253,11 +253,12 @@ class MultiRoundConfig(_TaskConfig):
 
     def __post_init__(self):
         _check_range("multi_round.name_len", self.name_len, 1, 3)
-        if _check_range("multi_round.facts_per_round", self.facts_per_round, 1, 16) == 1:
-            raise ValueError(  # round r could only ask round r - min_lag's fact
+        if self.facts_per_round == 1:  # round r could only ask round r - min_lag's fact
+            raise ValueError(
                 "multi_round.facts_per_round=1 must be >= 2 (allowed: 2..16): with one fact per "
                 "round every question asks the fact stated exactly min_lag rounds earlier, a "
                 "fixed-offset copy rather than recall.")
+        _check_range("multi_round.facts_per_round", self.facts_per_round, 2, 16)
         hi = min(_MAX_SIZE, 26 ** self.name_len // self.facts_per_round)  # names are unique
         _check_range("multi_round.n_rounds", self.n_rounds, 2, max(hi, 2))
         if self.n_rounds * self.facts_per_round > 26 ** self.name_len:
