@@ -4,13 +4,16 @@
       --out results/<paper> [--seeds 0,1,2] [--rows a,b] [--dry_run]
 
 The config file defines ``get_config(variant)`` (the base run) and ``get_sweep(variant)`` -> rows
-``{"name", "overrides": {"dotted.path": value}, "paper": reference text/number, "group"}``. Each
+``{"name", "overrides": {"dotted.path": value}, "paper": reference text/number, "group"}`` and
+optionally ``"vs": <row>``, the row it is paired with (experiments/paired_diffs.py). Each
 (row, seed) trains in ``--workroot/<paper>/<row>/s<seed>`` (itself resumable from checkpoints) and
 writes ``<out>/runs/<row>__s<seed>.json``; rows whose result file exists are skipped, so a sweep
 killed at the end of a session continues in the next one. After the runs, ``<out>/table.md`` and
 ``<out>/val_loss.png`` / ``<out>/curves.png`` summarise mean and spread over seeds; they always
 cover every row of the sweep and every finished seed (``--rows`` / ``--seeds`` only choose what
-runs, so a partial call never drops finished rows from the table). A config with a
+runs, so a partial call never drops finished rows from the table), and table.md also lists each
+row minus its reference on the same seed (per seed, mean, on how many seeds it is lower). A
+config with a
 ``task_eval`` block (configs/memory_tasks.py) also gets held-out memory-task accuracy per run
 (result key ``tasks``; seedjax.eval.task_scoring) and a task-accuracy table. A config with
 ``get_series(variant)`` also gets loss-vs-x plots (``<out>/series_<name>.png``) and tables, e.g.
@@ -30,6 +33,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from experiments.overrides import apply_overrides
+from experiments.paired_diffs import paired_table, validate_references
 from experiments.seed_stats import mean_std_text, seed_stats
 from experiments.sweep_series import validate_series, write_series
 
@@ -149,6 +153,9 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
         lines.append(f"| {r.get('group', '')} | {r['name']} | {r.get('paper', '')} | "
                      f"{mean_std_text(m, s, n, 4)} | {m - base_mean:+.4f} | {bpb:.4f} | "
                      f"{st:.3f} | {params / 1e6:.2f}M | {flops} | {div} |")
+    lines += paired_table(rows, by_row, lambda x: x.get("val_loss"),
+                          "Paired val-loss differences (row minus its reference on the same "
+                          "seed; negative = row lower):")
     task_names = sorted({t for x in results for t in (x.get("tasks") or {})})
     if task_names:  # runs of configs with a task_eval block (see seedjax.eval.task_scoring)
         lines += ["", "Held-out memory-task token accuracy (teacher-forced greedy; mean ± std, "
@@ -159,6 +166,12 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
                                 for x in by_row[r["name"]]]) for t in task_names]
             lines.append(f"| {r['name']} | " + " | ".join(
                 mean_std_text(m, s, n, 3) if n else "" for m, s, n in accs) + " |")
+        for t in task_names:
+            lines += paired_table(
+                rows, by_row, lambda x, t=t: (x.get("tasks") or {}).get(t, {}).get("token_acc"),
+                f"Paired {t} token-accuracy differences (row minus its reference on the same "
+                "seed; positive = row better, so 'lower on' counts seeds where it is worse):",
+                digits=3)
     os.makedirs(out, exist_ok=True)
     if series:  # loss against a swept quantity (experiments/sweep_series.py)
         lines += write_series(out, series, loss)
@@ -220,6 +233,7 @@ def main(argv):
     rows = all_rows = module.get_sweep(variant)
     series = module.get_series(variant) if hasattr(module, "get_series") else []
     validate_series(series, [r["name"] for r in rows])
+    validate_references(rows)
     if FLAGS.rows:
         wanted = FLAGS.rows.split(",")
         unknown = sorted(set(wanted) - {r["name"] for r in rows})

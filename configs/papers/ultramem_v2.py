@@ -18,7 +18,10 @@ Base: the 1.3M-parameter byte LM of configs/papers/common.py (d=128, 6 layers, S
   * PEER vs plain (Fig. 2): plain values with 2x the slots, Dv = (Dp + Dv) / 2 of the PEER
     layer and 2x top-m, so value parameters and bytes read per token are equal, as in the
     paper's 789^2 x 288 top-48 (plain) vs 558^2 x (288 + 288) top-24 (PEER).
-  * Init: eq. 26 ("paper", the default) vs the released code's N(0, 0.02) tables.
+  * Init: eq. 26 ("paper", the default) vs the released code's N(0, 0.02) tables. The PEER,
+    Tucker-penalty and sharing ablations run on both inits (``v2_official_*`` rows).
+Pairing (``vs``, the report's per-seed differences): MoE and UltraMem vs dense, both V2 inits vs
+UltraMem, each ablation vs the V2 row of its init.
 Paper column: V2 Table 3 eval loss at 227M/1.2B and the ablation deltas of §4.2.
 """
 from configs.papers.common import base_config, row
@@ -40,9 +43,10 @@ def get_sweep(variant=None):
     mem = V2_SMOKE if smoke else V2
     small_ffn = 48 if smoke else 288
 
-    def v2(name, paper, group, **kw):
-        return row(name, paper, group, model__memory="ultramem_v2", model__memory_layers="every",
-                   model__memory_kwargs={**mem, **kw}, model__mlp_dim=small_ffn)
+    def v2(name, paper, group, vs="ultramem_v2", **kw):  # V2 variants pair with eq. 26 V2
+        return row(name, paper, group, vs, model__memory="ultramem_v2",
+                   model__memory_layers="every", model__memory_kwargs={**mem, **kw},
+                   model__mlp_dim=small_ffn)
 
     moe = ({"n_experts": 8, "top_k": 2, "expert_dim": 8} if smoke else
            {"n_experts": 24, "top_k": 8, "expert_dim": 48})
@@ -57,14 +61,20 @@ def get_sweep(variant=None):
             model__mlp_dim=small_ffn,
             train__lr_multipliers={"memory_values": {"start": 4.0, "end": 1.0,
                                                      "decay_steps": 3 if smoke else 600}}),
-        v2("ultramem_v2", "2.853 (UltraMemV2-227M/1.2B)", "T3"),
+        v2("ultramem_v2", "2.853 (UltraMemV2-227M/1.2B)", "T3", vs="ultramem"),
         v2("v2_plain_values", "worse than PEER (Fig. 2, Diff 0.02-0.03)", "F2", **plain),
         v2("v2_tucker_penalty", "-0.3 points without it (Fig. 8)", "F8", aux_coef=0.001),
         v2("v2_share_ring2", "S4/S9-Ring better (Fig. 11)", "F11", sharing="ring",
            share_group=2),
         v2("v2_official_init", "- (released code's init; the paper argues for eq. 26)", "init",
-           init="official"),
-        # Fig. 2 again on the init that works at this scale (eq. 26 slows the PEER layer here)
-        v2("v2_official_plain_values", "worse than PEER (Fig. 2, Diff 0.02-0.03)", "init",
-           init="official", **plain),
+           vs="ultramem", init="official"),
+        # Figs. 2, 8 and 11 again on the init that works at this scale (eq. 26 slows the PEER
+        # layer here), each paired with v2_official_init
+        *(v2(name, paper, "init", vs="v2_official_init", init="official", **kw)
+          for name, paper, kw in (
+              ("v2_official_plain_values", "worse than PEER (Fig. 2, Diff 0.02-0.03)", plain),
+              ("v2_official_tucker_penalty", "-0.3 points without it (Fig. 8)",
+               {"aux_coef": 0.001}),
+              ("v2_official_share_ring2", "S4/S9-Ring better (Fig. 11)",
+               {"sharing": "ring", "share_group": 2}))),
     ]

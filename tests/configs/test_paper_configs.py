@@ -87,3 +87,13 @@ def test_series_name_sweep_rows(paper, variant):
     validate_series(series, [r["name"] for r in mod.get_sweep(variant)])
     for s in series:
         assert len({x for _, x in s["points"]}) == len(s["points"]), s["name"]  # distinct x
+
+
+@pytest.mark.parametrize("paper", PAPERS + ("memory_tasks",))
+@pytest.mark.parametrize("variant", ("smoke", "cpu"))
+def test_paired_references_name_sweep_rows(paper, variant):
+    """Each row's ``vs`` (the report's paired reference) names another row of the same sweep,
+    also after configs/memory_tasks.py keeps only part of the UltraMemV2 sweep."""
+    from experiments.paired_diffs import validate_references
+    pkg = "configs" if paper == "memory_tasks" else "configs.papers"
+    validate_references(importlib.import_module(f"{pkg}.{paper}").get_sweep(variant))

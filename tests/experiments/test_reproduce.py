@@ -47,6 +47,7 @@ def test_sweep_runs_skips_and_reports(tmp_path, small_corpus):
     assert "| T | base | 1.00 |" in table and "| T | wide | 0.99 |" in table
     assert (out / "val_loss.png").exists() and (out / "curves.png").exists()
     assert "Series `width`" in table and (out / "series_width.png").exists()  # get_series
+    assert "| wide | base | 0 | " in table  # paired with the first row on the common seed
     second = _run(cfg, out, tmp_path)
     assert second.returncode == 0 and "2 runs, 0 to do" in second.stdout
     bad = _run(cfg, out, tmp_path, "--rows", "nope")
@@ -58,6 +59,7 @@ def test_sweep_runs_skips_and_reports(tmp_path, small_corpus):
     assert third.returncode == 0, third.stderr[-3000:]
     table = open(out / "table.md").read()
     assert "Seeds: [0, 7]." in table and "± 0.0000 (2)" in table and "| wide | 0.99 |" in table
+    assert "| wide | base | 0 | " in table  # seed 7 has no wide run: not paired
 
 
 def test_run_one_preempted_before_first_log(tmp_path, monkeypatch):
