@@ -13,11 +13,11 @@ killed at the end of a session continues in the next one. After the runs, ``<out
 cover every row of the sweep and every finished seed (``--rows`` / ``--seeds`` only choose what
 runs, so a partial call never drops finished rows from the table), and table.md also lists each
 row minus its reference on the same seed (per seed, mean, on how many seeds it is lower). A
-config with a
-``task_eval`` block (configs/memory_tasks.py) also gets held-out memory-task accuracy per run
-(result key ``tasks``; seedjax.eval.task_scoring) and a task-accuracy table. A config with
-``get_series(variant)`` also gets loss-vs-x plots (``<out>/series_<name>.png``) and tables, e.g.
-loss vs number of slots (experiments/sweep_series.py).
+config with a ``task_eval`` block (configs/memory_tasks.py) also gets held-out memory-task
+accuracy per run (result key ``tasks``; seedjax.eval.task_scoring), a task-accuracy table and
+``tasks.png`` (experiments/task_plot.py). A config with ``get_series(variant)`` also gets
+loss-vs-x plots (``<out>/series_<name>.png``) and tables, e.g. loss vs number of slots
+(experiments/sweep_series.py).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from experiments.overrides import apply_overrides
 from experiments.paired_diffs import paired_table, validate_references
 from experiments.seed_stats import mean_std_text, seed_stats
 from experiments.sweep_series import validate_series, write_series
+from experiments.task_plot import plot_task_accuracy, task_metric
 
 FLAGS = flags.FLAGS
 
@@ -162,17 +163,20 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
                   "n):", "", "| row | " + " | ".join(task_names) + " |",
                   "|---" * (len(task_names) + 1) + "|"]
         for r in rows:
-            accs = [seed_stats([(x.get("tasks") or {}).get(t, {}).get("token_acc")
-                                for x in by_row[r["name"]]]) for t in task_names]
+            accs = [seed_stats([task_metric(x, t) for x in by_row[r["name"]]])
+                    for t in task_names]
             lines.append(f"| {r['name']} | " + " | ".join(
                 mean_std_text(m, s, n, 3) if n else "" for m, s, n in accs) + " |")
         for t in task_names:
             lines += paired_table(
-                rows, by_row, lambda x, t=t: (x.get("tasks") or {}).get(t, {}).get("token_acc"),
+                rows, by_row, lambda x, t=t: task_metric(x, t),
                 f"Paired {t} token-accuracy differences (row minus its reference on the same "
                 "seed; positive = row better, so 'lower on' counts seeds where it is worse):",
                 digits=3)
     os.makedirs(out, exist_ok=True)
+    if task_names:
+        plot_task_accuracy(out, rows, by_row, task_names)
+        lines += ["", "Plot: `tasks.png` (every seed of every row, mean ± std, chance)."]
     if series:  # loss against a swept quantity (experiments/sweep_series.py)
         lines += write_series(out, series, loss)
     with open(os.path.join(out, "table.md"), "w") as f:

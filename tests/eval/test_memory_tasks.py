@@ -373,9 +373,19 @@ def test_reproduce_table_gets_a_task_accuracy_section(smoke_runs, tmp_path):
     table = open(tmp_path / "table.md").read()
     assert "| row | icl | mqar | multi_round |" in table
     assert f"| dense | {res['tasks']['icl']['token_acc']:.3f} (1) |" in table
+    assert (tmp_path / "tasks.png").exists()
+    # a second row paired with the first on the same seed: accuracy difference per task
+    better = {**res, "row": "wide", "tasks": {t: {**m, "token_acc": m["token_acc"] + 0.25}
+                                              for t, m in res["tasks"].items()}}
+    write_report(str(tmp_path), [{"name": "dense"}, {"name": "wide"}], [res, better], "cmd", [0])
+    table = open(tmp_path / "table.md").read()
+    assert "Paired mqar token-accuracy differences" in table
+    assert "| wide | dense | 0 | +0.250 | +0.250 (1) | 0/1 |" in table
     plain = {k: v for k, v in res.items() if k != "tasks"}
+    os.remove(tmp_path / "tasks.png")
     write_report(str(tmp_path), [{"name": "dense"}], [plain], "cmd", [0])
     assert "memory-task" not in open(tmp_path / "table.md").read()
+    assert not (tmp_path / "tasks.png").exists()
 
 
 def test_memory_tasks_cli_writes_json_and_table(smoke_runs, tmp_path):

@@ -53,3 +53,4 @@ def test_paired_table_empty_without_common_seeds():
     rows = [{"name": "a"}, {"name": "b"}]
     by_row = {"a": _runs("a", {0: 1.0}), "b": _runs("b", {1: 1.0})}
     assert paired_table(rows, by_row, lambda x: x["val_loss"], "T") == []
+

@@ -1,0 +1,58 @@
+"""``<out>/tasks.png``: held-out memory-task accuracy per sweep row, every seed shown.
+
+One panel per task (seedjax.eval.task_scoring result key ``tasks``): each finished seed is a
+small dot, the mean over seeds a marker with a ± std bar, and the task's chance accuracy a
+dashed line. With seed spreads as large as the gaps between designs (results/memory_tasks), the
+dots matter more than the means.
+"""
+from __future__ import annotations
+
+import os
+
+from experiments.seed_stats import seed_stats
+
+
+def task_metric(run: dict, task: str, key: str = "token_acc") -> float | None:
+    """One run result's metric for one task (None if the run has no such task score)."""
+    return (run.get("tasks") or {}).get(task, {}).get(key)
+
+
+def task_values(runs: list, task: str, key: str = "token_acc") -> list[tuple[int, float]]:
+    """[(seed, value)] of one task's metric over a row's runs (runs without it are left out)."""
+    return [(int(x.get("seed", -1)), float(v)) for x in runs
+            if (v := task_metric(x, task, key)) is not None]
+
+
+def plot_task_accuracy(out: str, rows: list, by_row: dict, task_names: list) -> str:
+    """Writes ``<out>/tasks.png`` and returns its path. rows: sweep rows; by_row: row name ->
+    run results; task_names: the tasks to draw (one panel each)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows]
+    fig, axes = plt.subplots(1, len(task_names), squeeze=False,
+                             figsize=(max(5, 0.8 * len(names)) * len(task_names), 4))
+    for ax, task in zip(axes[0], task_names):
+        chance = None
+        for i, n in enumerate(names):
+            vals = task_values(by_row.get(n, []), task)
+            if not vals:
+                continue
+            ax.plot([i] * len(vals), [v for _, v in vals], "o", ms=4, color="grey", alpha=0.7)
+            m, s, _ = seed_stats([v for _, v in vals])
+            ax.errorbar([i + 0.15], [m], yerr=[s], fmt="D", ms=6, capsize=4, color="C0")
+            chance = chance or next((c for x in by_row[n]
+                                     if (c := task_metric(x, task, "chance"))), None)
+        if chance is not None:
+            ax.axhline(chance, color="C3", ls="--", lw=0.8, label=f"chance {chance:.3f}")
+            ax.legend(fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_title(f"{task}: dots = seeds, diamond = mean ± std", fontsize=9)
+        ax.set_ylabel("held-out token accuracy")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(out, "tasks.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
