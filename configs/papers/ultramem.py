@@ -38,7 +38,7 @@ def get_sweep(variant=None):
 
     def um(name, paper, group, lr=decay, vs="ultramem", **kw):  # ablations pair with ultramem
         mem = {**base_mem, **kw}
-        return row(name, paper, group, vs, model__memory="ultramem", model__memory_kwargs=mem,
+        return row(name, paper, group, vs=vs, model__memory="ultramem", model__memory_kwargs=mem,
                    model__memory_layers=units, train__lr_multipliers=lr)
 
     def slots(knum):
@@ -47,7 +47,7 @@ def get_sweep(variant=None):
     return [
         row("dense", "2.96 (Dense-151M)", "T1", model__memory="none"),
         row("dense_wide", "- (compute-matched)", "T1", model__mlp_dim=64 if smoke else 448),
-        row("pkm", "2.828 (PKM-151M-x10)", "T2", "ultramem", model__memory="pkm",
+        row("pkm", "2.828 (PKM-151M-x10)", "T2", vs="ultramem", model__memory="pkm",
             model__memory_layers=units, train__lr_multipliers=decay,
             model__memory_kwargs={"n_keys": slots(128), "k_dim": base_mem["k_dim"], "heads": 2,
                                   "topk": base_mem["topk"], "v_dim": base_mem["v_dim"]}),

@@ -44,7 +44,7 @@ def get_sweep(variant=None):
     small_ffn = 48 if smoke else 288
 
     def v2(name, paper, group, vs="ultramem_v2", **kw):  # V2 variants pair with eq. 26 V2
-        return row(name, paper, group, vs, model__memory="ultramem_v2",
+        return row(name, paper, group, vs=vs, model__memory="ultramem_v2",
                    model__memory_layers="every", model__memory_kwargs={**mem, **kw},
                    model__mlp_dim=small_ffn)
 
