@@ -34,7 +34,8 @@ def plot_task_accuracy(out: str, rows: list, by_row: dict, task_names: list) -> 
     fig, axes = plt.subplots(1, len(task_names), squeeze=False,
                              figsize=(max(5, 0.8 * len(names)) * len(task_names), 4))
     for ax, task in zip(axes[0], task_names):
-        chance = None
+        chance = next((c for n in names for x in by_row.get(n, [])
+                       if (c := task_metric(x, task, "chance"))), None)
         for i, n in enumerate(names):
             vals = task_values(by_row.get(n, []), task)
             if not vals:
@@ -42,8 +43,6 @@ def plot_task_accuracy(out: str, rows: list, by_row: dict, task_names: list) -> 
             ax.plot([i] * len(vals), [v for _, v in vals], "o", ms=4, color="grey", alpha=0.7)
             m, s, _ = seed_stats([v for _, v in vals])
             ax.errorbar([i + 0.15], [m], yerr=[s], fmt="D", ms=6, capsize=4, color="C0")
-            chance = chance or next((c for x in by_row[n]
-                                     if (c := task_metric(x, task, "chance"))), None)
         if chance is not None:
             ax.axhline(chance, color="C3", ls="--", lw=0.8, label=f"chance {chance:.3f}")
             ax.legend(fontsize=8)
