@@ -11,6 +11,8 @@ Variants (all use the configs/papers/common.py model, d=128 and 6 layers, in 64-
   cores (see below), so the sweep compares designs on it;
 * ``mixture_cpu``: the same with multi-round recall and ICL mixed in (one third each), for an
   accelerator budget: at 3000 steps all three tasks stay at chance;
+* ``multi_round_cpu`` / ``icl_cpu``: multi-round recall alone / ICL alone, with the mixture's
+  task sizes and the ``cpu`` budget (3000 steps, batch 32);
 * ``smoke``: seconds, tiny tasks; ``facts_cpu`` / ``facts_smoke``: parametric fact recall.
 
   python -m experiments.train --config configs/memory_tasks.py:cpu --workdir runs/memory_tasks
@@ -62,6 +64,11 @@ TASK_SIZES = {
         "multi_round": dict(n_rounds=4, facts_per_round=2, name_len=1, value_len=1),
         "icl": dict(n_symbols=6, n_demos=6, n_queries=3, n_unseen=2),
     },
+    # each of the other two tasks alone, sized as in the mixture: do they emerge on 2 CPU cores
+    # once they get the whole budget, as MQAR does?
+    "multi_round_cpu": {"multi_round": dict(n_rounds=4, facts_per_round=2, name_len=1,
+                                            value_len=1)},
+    "icl_cpu": {"icl": dict(n_symbols=6, n_demos=6, n_queries=3, n_unseen=2)},
     "smoke": {  # 47, 61 and 52 tokens: each fits seq 64
         "mqar": dict(n_pairs=6, n_queries=3, value_len=1),
         "multi_round": dict(n_rounds=4, facts_per_round=2, value_len=1),

@@ -23,11 +23,15 @@ def test_episodes_fit_and_cpu_variants_never_repeat_an_episode(variant):
 
 def test_cpu_is_mqar_alone_and_mixture_has_all_three_tasks():
     """The CPU comparison runs on MQAR only; the mixture variant keeps all three tasks, and
-    its multi-round task asks among >= 2 facts per round (not a fixed-offset copy)."""
+    its multi-round task asks among >= 2 facts per round (not a fixed-offset copy); the
+    single-task variants keep the mixture's sizes."""
     assert list(parse_task_source(cfg_mod.get_config("cpu").data.source).tasks) == ["mqar"]
     mix = parse_task_source(cfg_mod.get_config("mixture_cpu").data.source).tasks
     assert list(mix) == ["mqar", "multi_round", "icl"]
     assert mix["multi_round"].facts_per_round >= 2
+    for task in ("multi_round", "icl"):  # each alone, with the mixture's sizes
+        alone = parse_task_source(cfg_mod.get_config(f"{task}_cpu").data.source).tasks
+        assert alone == {task: mix[task]}
 
 
 def test_bad_variant_names_the_allowed_ones():
