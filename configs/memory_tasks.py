@@ -13,7 +13,8 @@ Variants (all use the configs/papers/common.py model, d=128 and 6 layers, in 64-
   accelerator budget: at 3000 steps all three tasks stay at chance;
 * ``multi_round_cpu`` / ``icl_cpu``: multi-round recall alone / ICL alone, with the mixture's
   task sizes and the ``cpu`` budget (3000 steps, batch 32);
-* ``smoke``: seconds, tiny tasks; ``facts_cpu`` / ``facts_smoke``: parametric fact recall.
+* ``smoke``: seconds, tiny tasks; ``facts_cpu`` / ``facts512_cpu`` / ``facts_smoke``: parametric
+  fact recall (worlds of 2,048 and 512 facts).
 
   python -m experiments.train --config configs/memory_tasks.py:cpu --workdir runs/memory_tasks
   python -m experiments.memory_tasks --config configs/memory_tasks.py:cpu \
@@ -79,8 +80,11 @@ PKM = {"cpu": dict(n_keys=32, heads=4, k_dim=64, topk=8),
        "smoke": dict(n_keys=8, heads=2, k_dim=16, topk=4)}
 
 
-FACTS = {"facts_cpu": dict(n_facts=2048, n_queries=18), "facts_smoke": dict(n_facts=64,
-                                                                             n_queries=8)}
+# facts_cpu: ~140 views per fact in 1000 steps; facts512_cpu: a world 4x smaller (~560 views),
+# to find the size at which the dense model starts to store the world
+FACTS = {"facts_cpu": dict(n_facts=2048, n_queries=18),
+         "facts512_cpu": dict(n_facts=512, n_queries=18),
+         "facts_smoke": dict(n_facts=64, n_queries=8)}
 
 
 def _model_size(variant: str) -> str:
@@ -115,8 +119,8 @@ def get_config(variant=None):
 
 
 def _facts_config(variant, size):
-    """Parametric fact recall only (``facts`` task): 2,048 fixed key=value facts, 18 asked per
-    126-token episode, 1000 steps (~140 views per fact): how much knowledge each FFN/memory
+    """Parametric fact recall only (``facts`` task): a world of ``FACTS[variant]["n_facts"]``
+    fixed key=value facts, 18 asked per 126-token episode, 1000 steps: how much knowledge each FFN/memory
     design stores at equal activated compute. (With 8,192 facts, ~35 views each, the dense
     model stayed at chance: token accuracy 0.110 vs 0.100.)"""
     c = base_config(size, "memory_tasks_facts")
