@@ -121,8 +121,8 @@ def get_config(variant=None):
 def _facts_config(variant, size):
     """Parametric fact recall only (``facts`` task): a world of ``FACTS[variant]["n_facts"]``
     fixed key=value facts, 18 asked per 126-token episode, 1000 steps: how much knowledge each
-    FFN/memory design stores at equal activated compute. (With 8,192 facts, ~35 views each, the dense
-    model stayed at chance: token accuracy 0.110 vs 0.100.)"""
+    FFN/memory design stores at equal activated compute. (With 8,192 facts, ~35 views each,
+    the dense model stayed at chance: token accuracy 0.110 vs 0.100.)"""
     c = base_config(size, "memory_tasks_facts")
     if size == "cpu":
         c.train.update(steps=1000, warmup_steps=60, eval_every=250, checkpoint_every=250)
