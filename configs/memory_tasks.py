@@ -55,21 +55,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 from configs.papers.common import base_config, row  # noqa: E402
 from seedjax.data.synthetic import format_task_source  # noqa: E402
 
-# Task sizes per variant (fields of seedjax.eval.memory_tasks.TASKS[name]; lengths in tokens).
+# The CPU task sizes (fields of seedjax.eval.memory_tasks.TASKS[name]): 50, 50 and 52 tokens, each
+# fits seq 64; keys and values are one character. Every CPU variant takes its tasks from here.
+CPU_TASKS = {
+    "mqar": dict(n_pairs=6, n_queries=6, key_len=1, value_len=1),
+    "multi_round": dict(n_rounds=4, facts_per_round=2, name_len=1, value_len=1),
+    "icl": dict(n_symbols=6, n_demos=6, n_queries=3, n_unseen=2),
+}
+# Tasks and sizes per variant. multi_round_cpu / icl_cpu: each of the other two tasks alone, as
+# sized in the mixture: do they emerge on 2 CPU cores with the whole budget, as MQAR does?
 TASK_SIZES = {
-    "cpu": {  # 50 tokens; keys and values are one character
-        "mqar": dict(n_pairs=6, n_queries=6, key_len=1, value_len=1),
-    },
-    "mixture_cpu": {  # 50, 50 and 52 tokens: each fits seq 64; keys and values are one character
-        "mqar": dict(n_pairs=6, n_queries=6, key_len=1, value_len=1),
-        "multi_round": dict(n_rounds=4, facts_per_round=2, name_len=1, value_len=1),
-        "icl": dict(n_symbols=6, n_demos=6, n_queries=3, n_unseen=2),
-    },
-    # each of the other two tasks alone, sized as in the mixture: do they emerge on 2 CPU cores
-    # once they get the whole budget, as MQAR does?
-    "multi_round_cpu": {"multi_round": dict(n_rounds=4, facts_per_round=2, name_len=1,
-                                            value_len=1)},
-    "icl_cpu": {"icl": dict(n_symbols=6, n_demos=6, n_queries=3, n_unseen=2)},
+    "cpu": {"mqar": CPU_TASKS["mqar"]},
+    "mixture_cpu": dict(CPU_TASKS),
+    "multi_round_cpu": {"multi_round": CPU_TASKS["multi_round"]},
+    "icl_cpu": {"icl": CPU_TASKS["icl"]},
     "smoke": {  # 47, 61 and 52 tokens: each fits seq 64
         "mqar": dict(n_pairs=6, n_queries=3, value_len=1),
         "multi_round": dict(n_rounds=4, facts_per_round=2, value_len=1),
