@@ -6,7 +6,8 @@
 The config file defines ``get_config(variant)`` (the base run) and ``get_sweep(variant)`` -> rows
 ``{"name", "overrides": {"dotted.path": value}, "paper": reference text/number, "group"}`` and
 optionally ``"vs": <row>``, the row it is paired with (experiments/paired_diffs.py). Each
-(row, seed) trains in ``--workroot/<paper>/<row>/s<seed>`` (itself resumable from checkpoints) and
+(row, seed) trains in ``--workroot/<paper>[_<variant>]/<row>/s<seed>`` (itself resumable from
+checkpoints; each variant of a config file has its own directories) and
 writes ``<out>/runs/<row>__s<seed>.json``; rows whose result file exists are skipped, so a sweep
 killed at the end of a session continues in the next one. After the runs, ``<out>/table.md`` and
 ``<out>/val_loss.png`` / ``<out>/curves.png`` summarise mean and spread over seeds; they always
@@ -64,6 +65,15 @@ def load_config_module(spec: str):
         if not hasattr(module, fn):
             raise ValueError(f"{path} must define {fn}(variant)")
     return module, (variant or None)
+
+
+def workdir_name(spec: str) -> str:
+    """``configs/x.py:variant`` -> ``x_variant`` (``x`` without a variant): the directory under
+    ``--workroot`` holding that sweep's checkpoints. Variants differ in data and model, so they must
+    not resume each other's checkpoints."""
+    path, _, variant = spec.partition(":")
+    name = os.path.basename(path)[:-3]
+    return f"{name}_{variant}" if variant else name
 
 
 def run_one(base, row: dict, seed: int, workdir: str) -> dict:
@@ -245,7 +255,7 @@ def main(argv):
             raise app.UsageError(f"--rows {unknown} unknown; rows: {[r['name'] for r in rows]}")
         rows = [r for r in rows if r["name"] in wanted]
     seeds = [int(s) for s in FLAGS.seeds.split(",") if s]
-    paper = os.path.basename(FLAGS.config.split(":")[0])[:-3]
+    paper = workdir_name(FLAGS.config)
     run_dir = os.path.join(FLAGS.out, "runs")
     os.makedirs(run_dir, exist_ok=True)
     todo = [(r, s) for r in rows for s in seeds

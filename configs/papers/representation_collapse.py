@@ -5,7 +5,7 @@ branch inputs on held-out tokens, plotted by the diagnostics CLI after training:
   python -m experiments.reproduce --config configs/papers/representation_collapse.py:cpu \
       --out results/representation_collapse --seeds 0
   python -m experiments.diagnose_connections \
-      --workdirs runs/reproduce/representation_collapse/{baseline,dhc_n4,dfc_m4}/s0 \
+      --workdirs runs/reproduce/representation_collapse_cpu/{baseline,dhc_n4,dfc_m4}/s0 \
       --names baseline,dhc_n4,dfc_m4 --out results/representation_collapse/diagnostics
 
 Paper: baseline similarity climbs toward 1 in deep sublayers; HC lower with a wider band; FC in

@@ -9,7 +9,7 @@ sensitivity (SeeDNorm Table, OLMoE-1.3B c4 loss; the activation ablation has no 
       --out results/seednorm --seeds 1,2 --rows seednorm_sigmoid,rmsnorm_gain1.5,\
 seednorm_4heads,seednorm_alpha0.1,seednorm_hardtanh
   python -m experiments.diagnose_norms --out results/seednorm/diagnostics \
-      --workdirs runs/reproduce/seednorm/{seednorm,seednorm_lr1e-3,seednorm_alpha0.1,seednorm_dot_dim}/s0 \
+      --workdirs runs/reproduce/seednorm_cpu/{seednorm,seednorm_lr1e-3,seednorm_alpha0.1,seednorm_dot_dim}/s0 \
       --names seednorm,lr1e-3,alpha0.1,dot_dim
 """
 from configs.papers.common import base_config, row

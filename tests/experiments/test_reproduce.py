@@ -81,3 +81,11 @@ def test_run_one_preempted_before_first_log(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "Trainer", Preempted)
     res = reproduce.run_one(get_config("smoke"), {"name": "r"}, 0, str(tmp_path / "w"))
     assert res["status"] == "preempted" and res["val_curve"] == [] and res["step"] == 0
+
+
+def test_each_variant_has_its_own_workdir():
+    """Two variants of one config file never share (and so never resume) checkpoints."""
+    from experiments.reproduce import workdir_name
+    assert workdir_name("configs/memory_tasks.py:icl_cpu") == "memory_tasks_icl_cpu"
+    assert workdir_name("configs/memory_tasks.py:cpu") != workdir_name("configs/memory_tasks.py")
+    assert workdir_name("configs/papers/seednorm.py") == "seednorm"
