@@ -81,8 +81,8 @@ PKM = {"cpu": dict(n_keys=32, heads=4, k_dim=64, topk=8),
        "smoke": dict(n_keys=8, heads=2, k_dim=16, topk=4)}
 
 
-# facts_cpu: ~140 views per fact in 1000 steps; facts512_cpu: a world 4x smaller (~560 views),
-# to find the size at which the dense model starts to store the world
+# facts_cpu: ~140 views per fact in 1000 steps (dense: chance); facts512_cpu: a world 4x smaller
+# (~560 views; dense stores it, results/memory_facts/facts512)
 FACTS = {"facts_cpu": dict(n_facts=2048, n_queries=18),
          "facts512_cpu": dict(n_facts=512, n_queries=18),
          "facts_smoke": dict(n_facts=64, n_queries=8)}
@@ -156,4 +156,10 @@ def get_sweep(variant=None):
     rows = [dict(r, group="V2 T2") for r in ultramem_v2.get_sweep(size) if r["name"] in main]
     if variant not in FACTS:  # the paper column: Table 2's task scores, not Table 3's losses
         rows = [dict(r, paper=PAPER_T2.get(r["name"], "-")) for r in rows]
-    return rows + [row("pkm", "-", "ffn", model__ffn="pkm", model__ffn_kwargs=PKM[size])]
+    rows.append(row("pkm", "-", "ffn", model__ffn="pkm", model__ffn_kwargs=PKM[size]))
+    if variant in FACTS:  # control: the memory rows' narrower FFN without the memory, i.e. what
+        # the memory itself adds to storage (facts are stored in parameters)
+        mlp_dim = next(r for r in rows if r["name"] == "ultramem")["overrides"]["model.mlp_dim"]
+        rows.append(row("dense_narrow_ffn", "-", "control", model__memory="none",
+                        model__mlp_dim=mlp_dim))
+    return rows

@@ -42,10 +42,22 @@ def test_bad_variant_names_the_allowed_ones():
 
 
 def test_paper_column_is_table2_scores_for_tasks_and_losses_for_facts():
-    """Same rows for every variant; the task sweep quotes UltraMemV2 Table 2 (e.g. MoE 41.3 KV
-    retrieval), the facts sweep Table 3's eval losses (MoE 2.845)."""
+    """Same design rows for every variant (the facts sweeps add one control row); the task sweep
+    quotes UltraMemV2 Table 2 (e.g. MoE 41.3 KV retrieval), the facts sweep Table 3's eval losses
+    (MoE 2.845)."""
     tasks = {r["name"]: r["paper"] for r in cfg_mod.get_sweep("cpu")}
     facts = {r["name"]: r["paper"] for r in cfg_mod.get_sweep("facts_cpu")}
-    assert list(tasks) == list(facts)
+    assert list(facts) == list(tasks) + ["dense_narrow_ffn"]
     assert tasks["moe"].startswith("41.3") and tasks["v2_official_init"].startswith("57.1")
     assert facts["moe"].startswith("2.845") and tasks["dense"] == "-"
+
+
+def test_facts_control_is_the_memory_rows_ffn_without_memory():
+    """The facts control row has no memory and exactly the FFN width the memory rows keep, so
+    memory row minus control is what the memory adds to storage."""
+    rows = {r["name"]: r["overrides"] for r in cfg_mod.get_sweep("facts512_cpu")}
+    control = rows["dense_narrow_ffn"]
+    assert control["model.memory"] == "none"
+    for name in ("ultramem", "ultramem_v2", "v2_official_init"):
+        assert control["model.mlp_dim"] == rows[name]["model.mlp_dim"]
+    assert control["model.mlp_dim"] < cfg_mod.get_config("facts512_cpu").model.mlp_dim
