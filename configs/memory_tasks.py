@@ -21,8 +21,8 @@ Variants (all use the configs/papers/common.py model, d=128 and 6 layers, in 64-
       --workdir runs/memory_tasks [--tasks mqar]
   python -m experiments.reproduce --config configs/memory_tasks.py:cpu \
       --out results/memory_tasks --seeds 0,1,2
-  python -m experiments.reproduce --config configs/memory_tasks.py:facts_cpu \
-      --out results/memory_facts --seeds 0,1,2      # parametric fact recall (knowledge capacity)
+  python -m experiments.reproduce --config configs/memory_tasks.py:facts512_cpu \
+      --out results/memory_facts/facts512 --seeds 0,1,2   # parametric fact recall
 
 The sweep compares dense, MoE, UltraMem and UltraMemV2 with the shapes of
 configs/papers/ultramem_v2.py (UltraMemV2 Table 2's direction), plus a product-key memory as the
@@ -82,7 +82,8 @@ PKM = {"cpu": dict(n_keys=32, heads=4, k_dim=64, topk=8),
 
 
 # facts_cpu: ~140 views per fact in 1000 steps (dense: chance); facts512_cpu: a world 4x smaller
-# (~560 views; dense stores it, results/memory_facts/facts512)
+# (~560 views; dense stores it on 2 of 3 seeds, V2 released init on all 3:
+# results/memory_facts/facts512)
 FACTS = {"facts_cpu": dict(n_facts=2048, n_queries=18),
          "facts512_cpu": dict(n_facts=512, n_queries=18),
          "facts_smoke": dict(n_facts=64, n_queries=8)}
