@@ -2,9 +2,9 @@
 
 For tasks whose loss drops suddenly (a model begins to store the facts of
 ``results/memory_facts``, or to recall in MQAR), the accuracy at the last step mixes "how fast"
-with "how much" and can swing from chance to near perfect between seeds. The crossing step
-separates the two: a row that crosses later on every seed is slower; a row that never crosses
-has not started.
+with "how much" and can swing from 0.27 to 0.97 between seeds (dense, facts512). The crossing
+step separates the two: a row that crosses later on every seed is slower; a row that never
+crosses has not started.
 
   python -m experiments.curve_crossing --runs results/memory_facts/facts512/runs \
       --threshold 1.5 [--curve train_curve] [--rows dense,moe]
@@ -37,8 +37,8 @@ def first_crossing(curve, threshold: float) -> int | None:
 
 def crossing_table(results: list, threshold: float, curve: str = "train_curve",
                    rows: list | None = None) -> str:
-    """Markdown table: per row, each seed's crossing step ('never' if it stays above; the last
-    logged step is given), the mean ± std over the seeds that crossed, and how many did.
+    """Markdown table: per row, each seed's crossing step ('not by N' if it stays above up to
+    its last logged step N), the mean ± std over the seeds that crossed, and how many did.
     ``results`` are run dicts with ``row``, ``seed`` and ``curve``; ``rows`` fixes the order
     (default: first appearance)."""
     check_choice("curve", curve, CURVES)
@@ -49,14 +49,14 @@ def crossing_table(results: list, threshold: float, curve: str = "train_curve",
     unknown = [name for name in order if name not in by_row]
     if unknown:
         raise ValueError(f"rows {unknown} have no runs; rows with runs: {sorted(by_row)}")
-    lines = [f"First step where `{curve}` <= {threshold} (per seed; 'never' = still above at "
-             "the last logged step):", "",
+    lines = [f"First step where `{curve}` <= {threshold} (per seed; 'not by N' = still above at "
+             "the last logged step N):", "",
              "| row | seeds | crossing step per seed | mean ± std (crossed) | crossed |",
              "|---|---|---|---|---|"]
     for name in order:
         runs = sorted(by_row[name], key=lambda r: r["seed"])
         steps = [first_crossing(r[curve], threshold) for r in runs]
-        cells = [str(s) if s is not None else f"never (<= {r[curve][-1][0]})"
+        cells = [str(s) if s is not None else f"not by {r[curve][-1][0]}"
                  for s, r in zip(steps, runs)]
         crossed = [s for s in steps if s is not None]
         m, s, n = seed_stats(crossed)
