@@ -14,12 +14,9 @@ Reads the ``<row>__s<seed>.json`` files ``experiments.reproduce`` writes (their 
 """
 from __future__ import annotations
 
-import glob
-import json
-import os
-
 from absl import app, flags
 
+from experiments.run_results import load_results
 from experiments.seed_stats import mean_std_text, seed_stats
 from seedjax.validation import check_choice
 
@@ -66,11 +63,11 @@ def crossing_table(results: list, threshold: float, curve: str = "train_curve",
 
 
 def load_runs(run_dir: str) -> list:
-    """Every ``*.json`` run result in ``run_dir`` (sorted by file name)."""
-    paths = sorted(glob.glob(os.path.join(glob.escape(run_dir), "*__s*.json")))
-    if not paths:
+    """Every run result in ``run_dir`` (sorted by file name); a clear error if there is none."""
+    results = load_results(run_dir)
+    if not results:
         raise ValueError(f"--runs {run_dir!r} holds no <row>__s<seed>.json files")
-    return [json.load(open(p)) for p in paths]
+    return results
 
 
 def define_flags() -> None:

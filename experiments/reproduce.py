@@ -22,7 +22,6 @@ loss-vs-x plots (``<out>/series_<name>.png``) and tables, e.g. loss vs number of
 """
 from __future__ import annotations
 
-import glob
 import importlib.util
 import json
 import math
@@ -35,6 +34,7 @@ from absl import logging as absl_logging
 
 from experiments.overrides import apply_overrides
 from experiments.paired_diffs import paired_table, validate_references
+from experiments.run_results import load_results, result_path
 from experiments.seed_stats import mean_std_text, seed_stats
 from experiments.sweep_series import validate_series, write_series
 from experiments.task_plot import plot_task_accuracy, task_metric
@@ -259,7 +259,7 @@ def main(argv):
     run_dir = os.path.join(FLAGS.out, "runs")
     os.makedirs(run_dir, exist_ok=True)
     todo = [(r, s) for r in rows for s in seeds
-            if not os.path.exists(os.path.join(run_dir, f"{r['name']}__s{s}.json"))]
+            if not os.path.exists(result_path(run_dir, r["name"], s))]
     print(f"{len(rows) * len(seeds)} runs, {len(todo)} to do")
     if FLAGS.dry_run:
         for r, s in todo:
@@ -269,9 +269,7 @@ def main(argv):
                f"--seeds {FLAGS.seeds}")
 
     def report():  # every row of the sweep and every finished seed, whatever --rows/--seeds ran
-        results = [json.load(open(p)) for r in all_rows
-                   for p in sorted(glob.glob(os.path.join(run_dir,
-                                                          f"{glob.escape(r['name'])}__s*.json")))]
+        results = load_results(run_dir, [r["name"] for r in all_rows])
         found = sorted({int(x["seed"]) for x in results if "seed" in x}) or seeds
         write_report(FLAGS.out, all_rows, results, command, found, base, series)
 
@@ -282,7 +280,7 @@ def main(argv):
             if res["status"] == "preempted":  # SIGTERM: the run saved a checkpoint; no result
                 print(f"preempted during {r['name']} seed {s}; rerun to resume", flush=True)
                 break
-            with open(os.path.join(run_dir, f"{r['name']}__s{s}.json"), "w") as f:
+            with open(result_path(run_dir, r["name"], s), "w") as f:
                 json.dump(res, f, indent=2)
             report()  # the table is current after every run, so a killed sweep leaves one
     report()

@@ -1,5 +1,5 @@
 """Crossing step of a loss curve: the first logged step at or below the threshold, per row and
-seed, with 'never' for runs that stay above (experiments.curve_crossing)."""
+seed, with 'not by N' for runs that stay above (experiments.curve_crossing)."""
 import json
 
 import pytest
