@@ -146,6 +146,16 @@ PAPER_T2 = {"moe": "41.3 / 25.0 / 21.6 (SeedMoE-2.5B/30B)",
             "v2_official_init": "57.1 / 31.2 / 29.5 (UltraMemV2; init not stated)"}
 
 
+def get_paper_scale(variant=None):
+    """The paper scale the report states beside ours (experiments.reproduce scale line)."""
+    if (variant or "cpu").startswith("facts"):
+        return {"what": "no paper counterpart (fact recall is a probe of ours)"}
+    # V2 Table 2's memory-task suites are reported for Seed-MoE/UltraMemV2-2.5B/25B (2.5B
+    # activated), pretrained on 1.6T tokens before continued training [I: which checkpoint]
+    return {"what": "UltraMemV2-2.5B/25B (activated params, V2 Table 2; 1.6T PT tokens [I])",
+            "params": 2.5e9, "tokens": 1.6e12}
+
+
 def get_sweep(variant=None):
     variant = variant or "cpu"
     size = _model_size(variant)

@@ -6,15 +6,19 @@ one seed makes the whole gap). A sweep row may name its reference with ``"vs": "
 (configs/papers/common.py ``row(..., vs=...)``); without it the reference is the sweep's first
 row. ``experiments.reproduce`` appends one table per metric to ``table.md``:
 
-  | row | vs | seeds | row - vs per seed | mean ± std | lower on |
-  | v2_tucker_penalty | ultramem_v2 | 0, 1, 2 | -0.0115 / -0.0475 / -0.0089 | -0.0226 ± 0.0216 | 3/3 |
+  | row | vs | seeds | row - vs per seed | mean ± std (n) | 95% CI | lower on | verdict |
+  | v2_tucker_penalty | ultramem_v2 | 0, 1, 2 | -0.0115 / -0.0475 / -0.0089 | -0.0226 ± 0.0216 (3)
+    | [-0.0763, +0.0310] | 3/3 | suggestive |
+
+The verdict column is experiments/verdict.py's rule, the only source of verdict words on a page.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable
 
-from experiments.seed_stats import mean_std_text, seed_stats
+from experiments.seed_stats import mean_std_text
+from experiments.verdict import compare
 
 
 def reference_of(row: dict, base_name: str) -> str | None:
@@ -58,12 +62,13 @@ def paired_table(rows: list, by_row: dict, value: Callable[[dict], float | None]
         diffs = paired(per_seed.get(r["name"], {}), per_seed.get(ref, {}))
         if not diffs:
             continue
-        m, s, n = seed_stats([d for _, d in diffs])
-        lower = sum(d < 0 for _, d in diffs)
+        c = compare([d for _, d in diffs])
+        ci = "" if c.ci is None else f"[{c.ci[0]:+.{digits}f}, {c.ci[1]:+.{digits}f}]"
         body.append(f"| {r['name']} | {ref} | {', '.join(str(sd) for sd, _ in diffs)} | "
                     + " / ".join(f"{d:+.{digits}f}" for _, d in diffs)
-                    + f" | {'+' if m >= 0 else ''}{mean_std_text(m, s, n, digits)} | {lower}/{n} |")
+                    + f" | {'+' if c.mean >= 0 else ''}{mean_std_text(c.mean, c.std, c.n, digits)}"
+                    + f" | {ci} | {c.n_negative}/{c.n} | {c.verdict} |")
     if not body:
         return []
-    return ["", title, "", "| row | vs | seeds | row - vs per seed | mean ± std (n) | lower on |",
-            "|---|---|---|---|---|---|", *body]
+    return ["", title, "", "| row | vs | seeds | row - vs per seed | mean ± std (n) | 95% CI | "
+            "lower on | verdict |", "|---|---|---|---|---|---|---|---|", *body]

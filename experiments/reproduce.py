@@ -26,12 +26,12 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import time
 
 from absl import app, flags
 from absl import logging as absl_logging
 
+from experiments import provenance
 from experiments.overrides import apply_overrides
 from experiments.paired_diffs import paired_table, validate_references
 from experiments.run_results import load_results, result_path
@@ -67,6 +67,13 @@ def load_config_module(spec: str):
     return module, (variant or None)
 
 
+def paper_scale_of(module, variant) -> dict | None:
+    """A config's paper scale: ``get_paper_scale(variant)`` or the constant ``PAPER_SCALE``."""
+    if hasattr(module, "get_paper_scale"):
+        return module.get_paper_scale(variant)
+    return getattr(module, "PAPER_SCALE", None)
+
+
 def workdir_name(spec: str) -> str:
     """``configs/x.py:variant`` -> ``x_variant`` (``x`` without a variant): the directory under
     ``--workroot`` holding that sweep's checkpoints. Variants differ in data and model, so they must
@@ -76,7 +83,9 @@ def workdir_name(spec: str) -> str:
     return f"{name}_{variant}" if variant else name
 
 
-def run_one(base, row: dict, seed: int, workdir: str) -> dict:
+def run_one(base, row: dict, seed: int, workdir: str, origin: dict | None = None) -> dict:
+    """Trains one (row, seed) in ``workdir`` and returns its result-file dict; ``origin``
+    (experiments.provenance.current) is stored under ``provenance``."""
     from seedjax.train.loop import NonFiniteLossError, Trainer
     cfg = apply_overrides(base, row.get("overrides", {}))
     cfg.train.seed = seed
@@ -86,7 +95,7 @@ def run_one(base, row: dict, seed: int, workdir: str) -> dict:
         summary = trainer.run()
     except NonFiniteLossError as e:
         return {"row": row["name"], "seed": seed, "status": "diverged", "error": str(e),
-                "wall_s": time.time() - t0}
+                "wall_s": time.time() - t0, "provenance": origin}
     train = summary["train"] or {}
     from seedjax.train.metrics import read_metrics
     metrics = os.path.join(workdir, "metrics.jsonl")  # absent if preempted before any log
@@ -105,7 +114,7 @@ def run_one(base, row: dict, seed: int, workdir: str) -> dict:
             "val_loss": summary["val"]["loss"], "val_bpb": summary["val"]["bits_per_byte"],
             "train_loss": train.get("loss"), "step_time_s": train.get("step_time_s"),
             "tokens_per_s": train.get("tokens_per_s"), "wall_s": time.time() - t0,
-            "val_curve": curve("val"), "train_curve": curve("train")}
+            "val_curve": curve("val"), "train_curve": curve("train"), "provenance": origin}
 
 
 def row_flops(base, row: dict) -> float | None:
@@ -130,21 +139,61 @@ def _axis_top(means: list) -> float:
     return med + 4 * max(med - finite[0], 0.05)
 
 
-def write_report(out: str, rows: list, results: list, command: str, seeds: list,
-                 base=None, series: list | None = None) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def reproduce_commands(config: str, out: str, rows: list, results: list) -> list[str]:
+    """The fewest ``experiments.reproduce`` commands (one per distinct set of seeds) that, from an
+    empty ``<out>/runs``, make exactly the runs in ``results``: rows sharing a seed set share a
+    command; ``--rows`` is left out when every row of the sweep has that set."""
+    seeds_of = {r["name"]: tuple(sorted({int(x["seed"]) for x in results
+                                         if x["row"] == r["name"]})) for r in rows}
+    groups: dict[tuple, list[str]] = {}
+    for r in rows:
+        if seeds_of[r["name"]]:
+            groups.setdefault(seeds_of[r["name"]], []).append(r["name"])
+    cmds = []
+    for seeds, names in groups.items():
+        sel = "" if len(names) == len(rows) else f" --rows {','.join(names)}"
+        cmds.append(f"python -m experiments.reproduce --config {config} --out {out}{sel} "
+                    f"--seeds {','.join(map(str, seeds))}")
+    return cmds
 
-    from seedjax.train.loop import versions
+
+def scale_lines(base, results: list, rows: list, paper_scale: dict | None) -> list[str]:
+    """Markdown line: our model and token count beside the paper's, as ratios.
+
+    paper_scale: {"what": text, "params": float, "tokens": float} (a config's PAPER_SCALE)."""
+    params = next((x["params"] for r in rows[:1] for x in results
+                   if x["row"] == r["name"] and x.get("params")), None)
+    if base is None or not params:
+        return []
+    tokens = int(base.train.steps) * int(base.data.batch_size) * int(base.data.seq_len)
+    ours = f"Scale: ours {params / 1e6:.2f}M parameters ({rows[0]['name']}), {tokens / 1e6:.2f}M " \
+           f"training tokens"
+    if not paper_scale:
+        return [ours + "; the config states no paper scale."]
+    if "params" not in paper_scale:
+        return [ours + f"; paper: {paper_scale['what']}."]
+    return [ours + f"; paper: {paper_scale['what']}, {paper_scale['params'] / 1e6:,.0f}M "
+            f"parameters, {paper_scale['tokens'] / 1e9:,.0f}B tokens: ours is 1/"
+            f"{paper_scale['params'] / params:,.0f} of its parameters and 1/"
+            f"{paper_scale['tokens'] / tokens:,.0f} of its tokens."]
+
+
+def report_text(out: str, config: str, rows: list, results: list, base=None,
+                series: list | None = None, paper_scale: dict | None = None,
+                plots: bool = True) -> str:
+    """table.md of a sweep, from its run files only (so CI can regenerate and compare it); draws
+    the task and series plots too unless ``plots`` is False."""
     by_row = {r["name"]: [x for x in results if x["row"] == r["name"]] for r in rows}
     loss = {n: seed_stats([x.get("val_loss") for x in res]) for n, res in by_row.items()}
     base_name = rows[0]["name"]
     base_mean = loss[base_name][0]
+    seeds = sorted({int(x["seed"]) for x in results if "seed" in x})
     lines = [f"# {os.path.basename(out.rstrip('/'))}: reproduction table", "",
-             f"Command: `{command}`", f"Seeds: {seeds}. Generated {time.strftime('%Y-%m-%d %H:%M')}.",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores; versions: "
-             + ", ".join(f"{k} {v}" for k, v in versions().items() if k != "platform"), "",
+             f"Config: `{config}`. Seeds: {seeds}.", "",
+             "Commands that make exactly these runs (each run file also holds its own):", "",
+             *[f"    {c}" for c in reproduce_commands(config, out, rows, results)], "",
+             *provenance.summary_lines(results), *scale_lines(base, results, rows, paper_scale),
+             "", "Verdicts: experiments/verdict.py, the rule stated in results/README.md.", "",
              "| group | row | paper | val loss (mean ± std, n) | Δ vs " + base_name +
              " | val bits/byte | step s | params | fwd MFLOP/token | diverged |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -185,13 +234,26 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
                 digits=3)
     os.makedirs(out, exist_ok=True)
     if task_names:
-        plot_task_accuracy(out, rows, by_row, task_names)
+        if plots:
+            plot_task_accuracy(out, rows, by_row, task_names)
         lines += ["", "Plot: `tasks.png` (every seed of every row, mean ± std, chance)."]
     if series:  # loss against a swept quantity (experiments/sweep_series.py)
-        lines += write_series(out, series, loss)
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        lines += write_series(out, series, loss, plot=plots)
+    return "\n".join(lines) + "\n"
 
+
+def write_report(out: str, config: str, rows: list, results: list, base=None,
+                 series: list | None = None, paper_scale: dict | None = None) -> None:
+    """Writes ``<out>/table.md`` (report_text) and the plots val_loss.png and curves.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    text = report_text(out, config, rows, results, base, series, paper_scale)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text)
+    by_row = {r["name"]: [x for x in results if x["row"] == r["name"]] for r in rows}
+    loss = {n: seed_stats([x.get("val_loss") for x in res]) for n, res in by_row.items()}
     names = [r["name"] for r in rows]
     stats = [loss[n] for n in names]
     top = _axis_top([s[0] for s in stats if s[2]])
@@ -239,15 +301,31 @@ def write_report(out: str, rows: list, results: list, command: str, seeds: list,
     plt.close(fig)
 
 
-def main(argv):
-    del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    module, variant = load_config_module(FLAGS.config)
-    base = module.get_config(variant)
-    rows = all_rows = module.get_sweep(variant)
+def load_sweep(config: str) -> dict:
+    """Everything a report needs from ``config`` (file[:variant]): base config, validated rows
+    and series, the paper's scale."""
+    module, variant = load_config_module(config)
+    rows = module.get_sweep(variant)
     series = module.get_series(variant) if hasattr(module, "get_series") else []
     validate_series(series, [r["name"] for r in rows])
     validate_references(rows)
+    return {"base": module.get_config(variant), "rows": rows, "series": series,
+            "paper_scale": paper_scale_of(module, variant)}
+
+
+def page_text(out: str, config: str) -> str:
+    """``<out>/table.md`` as the run files in ``<out>/runs`` give it (no plots drawn)."""
+    sw = load_sweep(config)
+    results = load_results(os.path.join(out, "runs"), [r["name"] for r in sw["rows"]])
+    return report_text(out, config, sw["rows"], results, sw["base"], sw["series"],
+                       sw["paper_scale"], plots=False)
+
+
+def main(argv):
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    sw = load_sweep(FLAGS.config)
+    base, series = sw["base"], sw["series"]
+    rows = all_rows = sw["rows"]
     if FLAGS.rows:
         wanted = FLAGS.rows.split(",")
         unknown = sorted(set(wanted) - {r["name"] for r in rows})
@@ -265,18 +343,18 @@ def main(argv):
         for r, s in todo:
             print(f"  {r['name']} seed {s}: {r.get('overrides', {})}")
         return
-    command = (f"python -m experiments.reproduce --config {FLAGS.config} --out {FLAGS.out} "
-               f"--seeds {FLAGS.seeds}")
+    origin = provenance.current(argv, FLAGS.config)
 
     def report():  # every row of the sweep and every finished seed, whatever --rows/--seeds ran
         results = load_results(run_dir, [r["name"] for r in all_rows])
-        found = sorted({int(x["seed"]) for x in results if "seed" in x}) or seeds
-        write_report(FLAGS.out, all_rows, results, command, found, base, series)
+        write_report(FLAGS.out, FLAGS.config, all_rows, results, base, series,
+                     sw["paper_scale"])
 
     if not FLAGS.report_only:
         for i, (r, s) in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {r['name']} seed {s}", flush=True)
-            res = run_one(base, r, s, os.path.join(FLAGS.workroot, paper, r["name"], f"s{s}"))
+            res = run_one(base, r, s, os.path.join(FLAGS.workroot, paper, r["name"], f"s{s}"),
+                          origin)
             if res["status"] == "preempted":  # SIGTERM: the run saved a checkpoint; no result
                 print(f"preempted during {r['name']} seed {s}; rerun to resume", flush=True)
                 break

@@ -46,8 +46,9 @@ def validate_series(series: list, row_names) -> None:
                 raise ValueError(f"series {s['name']!r}: logx needs x > 0, got {x}")
 
 
-def write_series(out: str, series: list, stats_by_row: dict) -> list[str]:
-    """Draws ``<out>/series_<name>.png`` per series and returns markdown lines for table.md.
+def write_series(out: str, series: list, stats_by_row: dict, plot: bool = True) -> list[str]:
+    """Draws ``<out>/series_<name>.png`` per series (unless ``plot`` is False) and returns
+    markdown lines for table.md.
 
     stats_by_row: row name -> (mean, std, n) of the final val loss (n = 0: not run yet).
     """
@@ -70,7 +71,8 @@ def write_series(out: str, series: list, stats_by_row: dict) -> list[str]:
             p = paper_y.get(x)
             lines.append(f"| {x:g} | {r} | {ours} |"
                          + ((f" {p:g} |" if p is not None else " - |") if paper else ""))
-
+        if not plot:
+            continue
         fig, axes = plt.subplots(1, 2 if paper else 1, figsize=(10 if paper else 5.5, 4),
                                  squeeze=False)
         ax = axes[0][0]

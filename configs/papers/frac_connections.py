@@ -7,6 +7,11 @@ OLMoE-1.3B, DFC x4 > SFC x4 > baseline).
 """
 from configs.papers.common import base_config, row
 
+# the paper's ablation model (FC §4: OLMoE-1.3B, 1.3B total / 260M active; ~500B tokens read
+# off the figure axis [I]); params: total, as for our rows
+PAPER_SCALE = {"what": "OLMoE-1.3B (total params; tokens [I] from Fig. 4's axis)",
+               "params": 1.3e9, "tokens": 500e9}
+
 
 def get_config(variant=None):
     return base_config(variant, "frac_connections")

@@ -11,6 +11,9 @@ parameter groups.
 """
 from configs.papers.common import base_config, row
 
+# the paper's model and data, for the scale line of the report (HC Table 7 total parameters)
+PAPER_SCALE = {"what": "OLMo-1B", "params": 1.17676442e9, "tokens": 500e9}
+
 
 def get_config(variant=None):
     return base_config(variant, "hyper_connections")

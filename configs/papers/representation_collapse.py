@@ -13,6 +13,9 @@ between (curves only, no numbers).
 """
 from configs.papers.common import base_config, row
 
+# HC Fig. 3's model (OLMo-1B, 500B tokens; FC Fig. 2 uses OLMoE-1.3B)
+PAPER_SCALE = {"what": "OLMo-1B (HC Fig. 3)", "params": 1.17676442e9, "tokens": 500e9}
+
 
 def get_config(variant=None):
     c = base_config(variant, "representation_collapse")

@@ -14,6 +14,9 @@ seednorm_4heads,seednorm_alpha0.1,seednorm_hardtanh
 """
 from configs.papers.common import base_config, row
 
+# SeeDNorm's LM table row used for our comparison (OLMoE-1.3B, 500B tokens, total params)
+PAPER_SCALE = {"what": "OLMoE-1.3B", "params": 1.3e9, "tokens": 500e9}
+
 
 def get_config(variant=None):
     return base_config(variant, "seednorm")

@@ -17,6 +17,10 @@ MEMORY = {"n_keys": 64, "k_dim": 32, "heads": 2, "topk": 16, "v_dim": 64, "expan
 SMOKE_MEMORY = {"n_keys": 8, "k_dim": 8, "heads": 2, "topk": 4, "v_dim": 8, "expand": 4}
 UNITS = "1:2/3:4"
 
+# Table 1's smallest dense row against our dense base (UltraMem Table 4: 238,418 steps of
+# 2048 x 2048 tokens, about 1.0T)
+PAPER_SCALE = {"what": "Dense-151M (UltraMem Table 1)", "params": 0.15e9, "tokens": 1.0e12}
+
 
 def value_lr(steps: int, start: float = 4.0) -> dict:
     """UltraMem's value-LR multiplier: ``start`` decaying linearly to 1 over the run."""

@@ -33,6 +33,11 @@ V2_SMOKE = {"n_keys": 6, "k_dim": 8, "topk": 4, "v_dim": 8, "p_dim": 4}
 
 SMOKE_TRAIN_ROW = "ultramem_v2"   # the row the test suite trains end-to-end
 
+# V2 Table 3's smallest models: 227M activated parameters, 500B tokens; our base row is dense,
+# so the activated count is the like-for-like one
+PAPER_SCALE = {"what": "UltraMemV2-227M/1.2B (activated params, V2 Table 3)", "params": 227e6,
+               "tokens": 500e9}
+
 
 def get_config(variant=None):
     return base_config(variant, "ultramem_v2")

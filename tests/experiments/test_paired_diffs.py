@@ -43,9 +43,10 @@ def test_paired_table_values_signs_and_counts():
     lines = paired_table(rows, by_row, lambda x: x["val_loss"], "T")
     body = [ln for ln in lines if ln.startswith("| b ") or ln.startswith("| c ")
             or ln.startswith("| d ")]
+    # 95% CI: -0.0433 ± t(0.975, 2) * 0.0603 / sqrt(3) = -0.04333 ± 0.14974
     assert body[0] == ("| b | a | 0, 1, 2 | -0.0500 / +0.0200 / -0.1000 | "
-                       "-0.0433 ± 0.0603 (3) | 2/3 |")
-    assert body[1] == "| c | a | 2 | +0.0500 | +0.0500 (1) | 0/1 |"
+                       "-0.0433 ± 0.0603 (3) | [-0.1931, +0.1064] | 2/3 | within noise |")
+    assert body[1] == "| c | a | 2 | +0.0500 | +0.0500 (1) |  | 0/1 | one seed |"
     assert len(body) == 2 and lines[1] == "T"
 
 
