@@ -29,6 +29,11 @@ The value tables are in the lr group ``memory_values`` (no weight decay): set th
 rate with ``train.lr_multipliers.memory_values`` (PKM: constant 1e-3 for values).
 
 Example: ``LMConfig(ffn="pkm", ffn_kwargs={"n_keys": 64, "heads": 4, "k_dim": 64, "topk": 16})``.
+
+``model.ffn = "peer"`` (``seedjax.nn.memory.PEER``) and ``model.ffn = "memory_plus"``
+(``seedjax.nn.memory.MemoryPlus``) replace the FFN the same way; ``model.ffn_kwargs`` are the
+``PEERConfig`` / ``MemoryPlusConfig`` fields except ``d_model`` (see those classes for the
+defaults). Their tables (PEER's two expert tables, Memory+'s values) are in ``memory_values``.
 """
 from __future__ import annotations
 
@@ -38,8 +43,9 @@ from seedjax.models.config import LMConfig
 from seedjax.models.factories import branch_out_init_std
 from seedjax.models.registry import register
 from seedjax.nn.memory.ultramem_v2 import k_dim_for_ratio
-from seedjax.nn.memory import (PKMConfig, ProductKeyMemory, SharedValueTables, UltraMem,
-                               UltraMemConfig, UltraMemV2, UltraMemV2Config, shared_value_std)
+from seedjax.nn.memory import (PEER, MemoryPlus, MemoryPlusConfig, PEERConfig, PKMConfig,
+                               ProductKeyMemory, SharedValueTables, UltraMem, UltraMemConfig,
+                               UltraMemV2, UltraMemV2Config, shared_value_std)
 
 
 @register("ffn", "pkm")
@@ -54,6 +60,22 @@ def _pkm_flops(cfg: LMConfig) -> dict[str, int]:
 
 
 pkm.flops_per_token = _pkm_flops  # read by seedjax.train.flops
+
+
+def _register_ffn(name: str, module_cls, config_cls) -> None:
+    """``model.ffn=name``: ``module_cls(config_cls(d_model=..., **ffn_kwargs))`` per block."""
+
+    def factory(cfg: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, **kwargs):
+        return module_cls(config_cls(d_model=cfg.d_model, **kwargs), dtype=cfg.compute_dtype,
+                          rngs=rngs)
+
+    factory.flops_per_token = lambda cfg: config_cls(
+        d_model=cfg.d_model, **dict(cfg.ffn_kwargs)).forward_flops_per_token()
+    register("ffn", name)(factory)
+
+
+_register_ffn("peer", PEER, PEERConfig)
+_register_ffn("memory_plus", MemoryPlus, MemoryPlusConfig)
 
 
 # ---- memory units beside the blocks (model.memory + model.memory_layers) --------------------

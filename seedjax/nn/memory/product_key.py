@@ -48,26 +48,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seedjax.nn.linear import project
-from seedjax.nn.params import constant_init, normal_init, param
-from seedjax.ops import IMPLEMENTATIONS, product_key_topk, weighted_value_sum
+from seedjax.nn.memory.pk_common import (QUERY_NORMS, ProductKeyRetrieval,  # noqa: F401
+                                         check_implementation_field, check_k_dim_and_keys,
+                                         check_query_norm, positive_float_or_none, uniform_init)
+from seedjax.nn.params import normal_init, param
+from seedjax.ops import weighted_value_sum
 from seedjax.ops.sharded_lookup import check_table_sharding, sharded_embedding_bag
 from seedjax.validation import check_int
 
-QUERY_NORMS = ("layernorm", "none")
 SCORE_FNS = ("softmax", "none")
-_INT32_MAX = 2**31 - 1
-
-
-def uniform_init(bound: float):
-    """U(-bound, bound) initialiser."""
-    return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def _positive_float_or_none(name: str, value) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"PKMConfig.{name}={value!r} must be a positive number or None")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,31 +116,19 @@ class PKMConfig:
         if self.topk_side is None:
             object.__setattr__(self, "topk_side", min(self.topk, self.n_keys))
         check_int("PKMConfig.topk_side", self.topk_side)
-        if self.k_dim % 2:
-            raise ValueError(f"PKMConfig.k_dim={self.k_dim} must be even (it is split into two "
-                             "half-queries of k_dim/2)")
-        if self.n_keys * self.n_keys > _INT32_MAX:
-            raise ValueError(f"PKMConfig.n_keys={self.n_keys} gives more slots than int32 "
-                             "indices can address (n_keys <= 46340)")
+        check_k_dim_and_keys("PKMConfig", self.k_dim, self.n_keys)
         if self.topk_side > self.n_keys:
             raise ValueError(f"PKMConfig.topk_side={self.topk_side} must be <= n_keys="
                              f"{self.n_keys}")
         if self.topk > self.topk_side ** 2:
             raise ValueError(f"PKMConfig.topk={self.topk} must be <= topk_side**2="
                              f"{self.topk_side ** 2} (topk_side={self.topk_side})")
-        if self.query_norm not in QUERY_NORMS:
-            hint = (" (BatchNorm is not offered: its batch statistics leak future tokens in a "
-                    "causal LM)" if "batch" in str(self.query_norm).lower() else "")
-            raise ValueError(f"PKMConfig.query_norm={self.query_norm!r} is not one of "
-                             f"{QUERY_NORMS}{hint}")
+        check_query_norm("PKMConfig", self.query_norm)
         if self.score_fn not in SCORE_FNS:
             raise ValueError(f"PKMConfig.score_fn={self.score_fn!r} is not one of {SCORE_FNS}")
-        for name in ("value_init_std", "query_init_std", "out_init_std"):
-            _positive_float_or_none(name, getattr(self, name))
-        _positive_float_or_none("norm_eps", self.norm_eps)
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"PKMConfig.implementation={self.implementation!r} is not one of "
-                             f"{IMPLEMENTATIONS}")
+        for name in ("value_init_std", "query_init_std", "out_init_std", "norm_eps"):
+            positive_float_or_none("PKMConfig", name, getattr(self, name))
+        check_implementation_field("PKMConfig", self.implementation)
 
     @property
     def n_slots(self) -> int:
@@ -174,29 +151,18 @@ class PKMConfig:
         return out
 
 
-class ProductKeyMemory(nnx.Module):
+class ProductKeyMemory(ProductKeyRetrieval):
     """PKM layer (see the module docstring). ``ProductKeyMemory(PKMConfig(...), rngs=...)``;
-    ``dtype`` is the compute dtype of the projections (parameters stay float32)."""
+    ``dtype`` is the compute dtype of the projections (parameters stay float32). ``query`` and
+    ``retrieve`` come from ``pk_common.ProductKeyRetrieval``."""
 
     def __init__(self, config: PKMConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if not isinstance(config, PKMConfig):
             raise ValueError(f"ProductKeyMemory needs a PKMConfig, got {type(config).__name__}")
         c = config
         self.config, self.dtype = c, dtype
-        hq = c.heads * c.k_dim
-        q_std = c.query_init_std if c.query_init_std is not None else c.d_model ** -0.5
         v_std = c.value_init_std if c.value_init_std is not None else c.v_dim ** -0.5
-        self.w_query = param(rngs, normal_init(q_std), (c.d_model, hq), ("embed", "mem_query"))
-        if c.query_norm == "layernorm":
-            self.query_scale = param(None, constant_init(1.0), (hq,), ("mem_query",),
-                                     weight_decay=False)
-            self.query_bias = param(None, constant_init(0.0), (hq,), ("mem_query",),
-                                    weight_decay=False)
-        else:
-            self.query_scale = self.query_bias = None
-        half = c.k_dim // 2
-        self.sub_keys = param(rngs, uniform_init(half ** -0.5), (c.heads, 2, c.n_keys, half),
-                              ("mem_heads", None, "mem_keys", "mem_kdim"))
+        self._init_retrieval(c, rngs)
         self.values = param(rngs, normal_init(v_std), (c.n_slots, c.v_dim), ("mem_rows", "mem_dim"),
                             weight_decay=False, lr_group="memory_values")
         if c.has_out_proj:
@@ -204,33 +170,6 @@ class ProductKeyMemory(nnx.Module):
             self.w_out = param(rngs, normal_init(o_std), (c.v_dim, c.d_model), ("mem_dim", "embed"))
         else:
             self.w_out = None
-
-    def query(self, x: jax.Array) -> jax.Array:
-        """x [..., d_model] -> normalised queries [..., H, Dk] (float32 or wider)."""
-        c, dt = self.config, self.dtype
-        if x.shape[-1] != c.d_model:
-            raise ValueError(f"ProductKeyMemory input last dim {x.shape[-1]} != d_model="
-                             f"{c.d_model}")
-        q = project(x.astype(dt), self.w_query[...].astype(dt))
-        q = q.astype(jnp.promote_types(q.dtype, jnp.float32))
-        q = q.reshape(*q.shape[:-1], c.heads, c.k_dim)
-        if self.query_scale is not None:
-            mean = jnp.mean(q, axis=-1, keepdims=True)
-            var = jnp.mean(jnp.square(q - mean), axis=-1, keepdims=True)
-            q = (q - mean) * jax.lax.rsqrt(var + c.norm_eps)
-            q = q * self.query_scale[...].reshape(c.heads, c.k_dim).astype(q.dtype)
-            q = q + self.query_bias[...].reshape(c.heads, c.k_dim).astype(q.dtype)
-        return q
-
-    def retrieve(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x [..., d_model] -> (raw scores [..., H, k] float32, indices [..., H, k] int32)."""
-        c = self.config
-        q = self.query(x)
-        half = c.k_dim // 2
-        keys = self.sub_keys[...].astype(q.dtype)
-        return product_key_topk(q[..., :half], q[..., half:], keys[:, 0], keys[:, 1],
-                                topk_side=c.topk_side, topk=c.topk,
-                                implementation=c.implementation)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [..., d_model] -> [..., d_model] in the compute dtype."""
