@@ -165,8 +165,9 @@ def get_sweep(variant=None):
     from configs.papers import ultramem_v2
     main = {"dense", "moe", "ultramem", "ultramem_v2", "v2_official_init"}
     rows = [dict(r, group="V2 T2") for r in ultramem_v2.get_sweep(size) if r["name"] in main]
-    if variant not in FACTS:  # the paper column: Table 2's task scores, not Table 3's losses
-        rows = [dict(r, paper=PAPER_T2.get(r["name"], "-")) for r in rows]
+    # the paper column: Table 2's task scores, not Table 3's losses; facts: no paper counterpart
+    rows = [dict(r, paper="-" if variant in FACTS else PAPER_T2.get(r["name"], "-"))
+            for r in rows]
     rows.append(row("pkm", "-", "ffn", model__ffn="pkm", model__ffn_kwargs=PKM[size]))
     if variant in FACTS:  # control: the memory rows' narrower FFN without the memory, i.e. what
         # the memory itself adds to storage (facts are stored in parameters)

@@ -3,8 +3,9 @@
 Seeds change the data order and the init, and at CPU scale their effect is often as large as a
 design change, so "row A mean minus row B mean" can hide that A is lower on every seed (or that
 one seed makes the whole gap). A sweep row may name its reference with ``"vs": "<row>"``
-(configs/papers/common.py ``row(..., vs=...)``); without it the reference is the sweep's first
-row. ``experiments.reproduce`` appends one table per metric to ``table.md``:
+(configs/papers/common.py ``row(..., vs=...)``), or a list of rows (one table line each);
+without it the reference is the sweep's first row. ``experiments.reproduce`` appends one table
+per metric to ``table.md``:
 
   | row | vs | seeds | row - vs per seed | mean ± std (n) | 95% CI | lower on | verdict |
   | v2_tucker_penalty | ultramem_v2 | 0, 1, 2 | -0.0115 / -0.0475 / -0.0089 | -0.0226 ± 0.0216 (3)
@@ -21,18 +22,21 @@ from experiments.seed_stats import mean_std_text
 from experiments.verdict import compare
 
 
-def reference_of(row: dict, base_name: str) -> str | None:
-    """The row a row is compared with: its ``vs`` field, else the base row (None for the base)."""
-    ref = row.get("vs", base_name)
-    return None if ref == row["name"] else ref
+def references_of(row: dict, base_name: str) -> list[str]:
+    """The rows a row is compared with: its ``vs`` field (one name or a list of names), else the
+    base row ([] for the base row itself)."""
+    refs = row.get("vs", base_name)
+    refs = [refs] if isinstance(refs, str) else list(refs)
+    return [r for r in refs if r != row["name"]]
 
 
 def validate_references(rows: list) -> None:
     """Raises ValueError if a row's ``vs`` names a row that is not in the sweep, or itself."""
     names = [r["name"] for r in rows]
     for r in rows:
-        if "vs" in r and (r["vs"] not in names or r["vs"] == r["name"]):
-            raise ValueError(f"row {r['name']!r}: vs={r['vs']!r} must name another row of the "
+        refs = [r["vs"]] if isinstance(r.get("vs"), str) else r.get("vs", [])
+        if any(v not in names or v == r["name"] for v in refs):
+            raise ValueError(f"row {r['name']!r}: vs={r['vs']!r} must name other rows of the "
                              f"sweep; rows: {names}")
 
 
@@ -55,10 +59,7 @@ def paired_table(rows: list, by_row: dict, value: Callable[[dict], float | None]
     per_seed = {n: {int(x["seed"]): value(x) for x in res if "seed" in x}
                 for n, res in by_row.items()}
     body = []
-    for r in rows:
-        ref = reference_of(r, base_name)
-        if ref is None:
-            continue
+    for r, ref in ((r, ref) for r in rows for ref in references_of(r, base_name)):
         diffs = paired(per_seed.get(r["name"], {}), per_seed.get(ref, {}))
         if not diffs:
             continue

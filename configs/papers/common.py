@@ -33,11 +33,12 @@ def base_config(variant: str | None, name: str):
     return c
 
 
-def row(name: str, paper: str = "", group: str = "", vs: str | None = None,
+def row(name: str, paper: str = "", group: str = "", vs: str | list | None = None,
         **overrides) -> dict:
     """A sweep row; overrides use dotted config paths with "__" for "." (model__ffn=...).
 
-    vs: the row this one is paired with seed by seed in the report (experiments/paired_diffs.py);
+    vs: the row (or list of rows) this one is paired with seed by seed in the report
+    (experiments/paired_diffs.py);
     None: the sweep's first row."""
     r = {"name": name, "paper": paper, "group": group,
          "overrides": {k.replace("__", "."): v for k, v in overrides.items()}}

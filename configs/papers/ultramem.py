@@ -55,7 +55,7 @@ def get_sweep(variant=None):
             model__memory_layers=units, train__lr_multipliers=decay,
             model__memory_kwargs={"n_keys": slots(128), "k_dim": base_mem["k_dim"], "heads": 2,
                                   "topk": base_mem["topk"], "v_dim": base_mem["v_dim"]}),
-        um("ultramem", "2.736 (UltraMem-151M)", "T2", vs="dense"),
+        um("ultramem", "2.736 (UltraMem-151M)", "T2", vs="dense_wide"),  # compute-matched
         um("softmax_kept", "+0.006 (rm softmax -0.006)", "T2", score_fn="softmax"),
         um("no_value_lr_decay", "+0.022", "T2", lr={}),
         um("paper_init", "-0.003 (improved init)", "T2", init="paper"),

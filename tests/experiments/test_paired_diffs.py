@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from experiments.paired_diffs import paired, paired_table, reference_of, validate_references
+from experiments.paired_diffs import paired, paired_table, references_of, validate_references
 
 
 def _runs(name, losses):
@@ -18,18 +18,22 @@ def test_paired_uses_only_common_finite_seeds():
 
 
 def test_reference_defaults_to_first_row_and_honours_vs():
-    assert reference_of({"name": "a"}, "base") == "base"
-    assert reference_of({"name": "a", "vs": "b"}, "base") == "b"
-    assert reference_of({"name": "base"}, "base") is None
+    assert references_of({"name": "a"}, "base") == ["base"]
+    assert references_of({"name": "a", "vs": "b"}, "base") == ["b"]
+    assert references_of({"name": "a", "vs": ["b", "base"]}, "base") == ["b", "base"]
+    assert references_of({"name": "base"}, "base") == []
 
 
 def test_validate_references_names_the_row_and_the_choices():
     rows = [{"name": "base"}, {"name": "a", "vs": "nope"}]
     with pytest.raises(ValueError, match=r"'a'.*vs='nope'.*\['base', 'a'\]"):
         validate_references(rows)
-    with pytest.raises(ValueError, match="another row"):
+    with pytest.raises(ValueError, match="other rows"):
         validate_references([{"name": "base"}, {"name": "a", "vs": "a"}])
     validate_references([{"name": "base"}, {"name": "a", "vs": "base"}])
+    validate_references([{"name": "base"}, {"name": "b"}, {"name": "a", "vs": ["base", "b"]}])
+    with pytest.raises(ValueError, match="'a'.*vs=\\['base', 'x'\\]"):
+        validate_references([{"name": "base"}, {"name": "a", "vs": ["base", "x"]}])
 
 
 def test_paired_table_values_signs_and_counts():
