@@ -33,6 +33,15 @@ from configs.papers.ultramem import SMOKE_MEMORY as V1_SMOKE
 
 V2 = {"n_keys": 68, "k_dim": 32, "topk": 16, "v_dim": 48, "p_dim": 16}
 V2_SMOKE = {"n_keys": 6, "k_dim": 8, "topk": 4, "v_dim": 8, "p_dim": 4}
+# V2 Table 3's Memory+ row and a standalone PEER layer (spec §2.2-2.3), sized like the other
+# sparse rows: FFN 288 in every block, 2.79 / 2.80 MFLOP/token forward (dense 2.82), 3.07M /
+# 3.15M parameters (V2 3.07M, UltraMem 3.14M). Memory+: two units parallel to the FFN of blocks 1
+# and 3 (the paper replaces 3 of 24 FFNs; V2 Table 10 keeps an FFN beside its 4 units), 4 heads
+# x top-32 over 84^2 rows, Dv = d, each unit its own table (the shared pool is not built).
+# PEER: a layer in every block, 36^2 single-neuron experts, 2 heads x top-48, GELU.
+MEMORY_PLUS = {"n_keys": 84, "heads": 4, "k_dim": 64, "topk": 32}
+PEER = {"n_keys": 36, "heads": 2, "k_dim": 32, "topk": 48}
+SMOKE_PK = {"n_keys": 4, "heads": 2, "k_dim": 8, "topk": 2}
 
 SMOKE_TRAIN_ROW = "ultramem_v2"   # the row the test suite trains end-to-end
 
@@ -91,4 +100,12 @@ def get_sweep(variant=None):
               ("v2_official_tucker_penalty", FIG8, {"aux_coef": 0.001}),
               ("v2_official_share_ring2", "S4/S9-Ring better (Fig. 11)",
                {"sharing": "ring", "share_group": 2}))),
+        row("memory_plus", "2.920 (Memory+-227M/1.2B)", "T3",
+            vs=["v2_official_init", "ultramem", "dense"], model__memory="memory_plus",
+            model__memory_layers="0:0" if smoke else "1:1/3:3", model__mlp_dim=small_ffn,
+            model__memory_kwargs=SMOKE_PK if smoke else MEMORY_PLUS),
+        row("peer_layer", "- (standalone PEER; V2 Fig. 2 compares PEER-style values)", "F2",
+            vs=["v2_official_init", "v2_official_plain_values"], model__memory="peer",
+            model__memory_layers="every", model__mlp_dim=small_ffn,
+            model__memory_kwargs=SMOKE_PK if smoke else PEER),
     ]

@@ -62,20 +62,30 @@ def _pkm_flops(cfg: LMConfig) -> dict[str, int]:
 pkm.flops_per_token = _pkm_flops  # read by seedjax.train.flops
 
 
-def _register_ffn(name: str, module_cls, config_cls) -> None:
-    """``model.ffn=name``: ``module_cls(config_cls(d_model=..., **ffn_kwargs))`` per block."""
+def _register_layer(name: str, module_cls, config_cls) -> None:
+    """``model.ffn=name`` (in every block, replacing the FFN) and ``model.memory=name`` (a unit
+    beside the blocks at ``model.memory_layers``): ``module_cls(config_cls(d_model=...,
+    **kwargs))``, kwargs from ``ffn_kwargs`` / ``memory_kwargs``."""
 
-    def factory(cfg: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, **kwargs):
+    def build(cfg: LMConfig, kwargs: dict, rngs: nnx.Rngs):
         return module_cls(config_cls(d_model=cfg.d_model, **kwargs), dtype=cfg.compute_dtype,
                           rngs=rngs)
 
-    factory.flops_per_token = lambda cfg: config_cls(
-        d_model=cfg.d_model, **dict(cfg.ffn_kwargs)).forward_flops_per_token()
-    register("ffn", name)(factory)
+    def ffn(cfg: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, **kwargs):
+        return build(cfg, kwargs, rngs)
+
+    def unit(cfg: LMConfig, unit: int, n_units: int, *, rngs: nnx.Rngs, **kwargs):
+        return build(cfg, kwargs, rngs)
+
+    flops = lambda kwargs: lambda cfg: config_cls(  # noqa: E731
+        d_model=cfg.d_model, **dict(getattr(cfg, kwargs))).forward_flops_per_token()
+    ffn.flops_per_token, unit.flops_per_token = flops("ffn_kwargs"), flops("memory_kwargs")
+    register("ffn", name)(ffn)
+    register("memory", name)(unit)
 
 
-_register_ffn("peer", PEER, PEERConfig)
-_register_ffn("memory_plus", MemoryPlus, MemoryPlusConfig)
+_register_layer("peer", PEER, PEERConfig)
+_register_layer("memory_plus", MemoryPlus, MemoryPlusConfig)
 
 
 # ---- memory units beside the blocks (model.memory + model.memory_layers) --------------------
