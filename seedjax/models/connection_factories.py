@@ -86,12 +86,13 @@ class HyperFamily:
     @staticmethod
     def make(cfg: LMConfig, sublayer_idx: int, *, rngs: nnx.Rngs, rate: int = DEFAULT_RATE,
              dynamic: bool = True, use_tanh: bool = True, coeff_norm: str = "layernorm",
-             scale_init: float = 0.01, reduce: str = "sum", out_proj_init_scale=1.0):
+             scale_init: float = 0.01, rescale: bool = True, reduce: str = "sum",
+             out_proj_init_scale=1.0):
         check_choice("hyper connection reduce", reduce, REDUCTIONS)
         resolve_out_proj_init_scale(out_proj_init_scale, rate)
         return HyperConnection(cfg.d_model, rate, sublayer_idx=sublayer_idx, dynamic=dynamic,
                                use_tanh=use_tanh, coeff_norm=coeff_norm, scale_init=scale_init,
-                               eps=cfg.norm_eps, rngs=rngs)
+                               rescale=rescale, eps=cfg.norm_eps, rngs=rngs)
 
     out_init_scale = staticmethod(_out_init_scale)
 
@@ -110,10 +111,10 @@ class FracFamily:
     @staticmethod
     def make(cfg: LMConfig, sublayer_idx: int, *, rngs: nnx.Rngs, rate: int = DEFAULT_RATE,
              dynamic: bool = True, use_tanh: bool = True, coeff_norm: str = "layernorm",
-             scale_init: float = 0.01):
+             scale_init: float = 0.01, rescale: bool = True):
         return FracConnection(cfg.d_model, rate, sublayer_idx=sublayer_idx, dynamic=dynamic,
                               use_tanh=use_tanh, coeff_norm=coeff_norm, scale_init=scale_init,
-                              eps=cfg.norm_eps, rngs=rngs)
+                              rescale=rescale, eps=cfg.norm_eps, rngs=rngs)
 
     @staticmethod
     def expand(x, cfg: LMConfig):

@@ -178,6 +178,13 @@ def _coeff_norm(x: jax.Array, kind: str, gain: jax.Array | None, eps: float) -> 
     return x * gain
 
 
+def _scales(init: float, rescale: bool):
+    """(s_alpha, s_beta) scalars of the dynamic terms, or (None, None) without rescale."""
+    if not rescale:
+        return None, None
+    return _dynamic(init, (), ()), _dynamic(init, (), (), DEPTH)
+
+
 def _values(mod, names: tuple[str, ...]) -> dict:
     """{name: array or None} of a module's parameters (inputs of the jitted kernels below)."""
     return {k: None if getattr(mod, k) is None else getattr(mod, k)[...] for k in names}
@@ -202,6 +209,8 @@ def _hc_coefficients(H: jax.Array, p: dict, *, kind: str, use_tanh: bool, eps: f
     db = jnp.einsum("...sd,d->...s", hn, p["dynamic_beta"], precision=HIGHEST)
     if use_tanh:
         da, db = jnp.tanh(da), jnp.tanh(db)
+    if p["scale_alpha"] is None:  # rescale=False: the dynamic terms enter unscaled
+        return alpha + da, beta + db
     return alpha + p["scale_alpha"] * da, beta + p["scale_beta"] * db
 
 
@@ -272,7 +281,8 @@ class HyperConnection(nnx.Module):
     Args: ``dim`` d; ``rate`` n >= 1; ``sublayer_idx`` k (only sets the init value of A_m, so
     all sublayers are structurally identical); ``dynamic``; ``use_tanh`` (dynamic only);
     ``coeff_norm`` in ("layernorm", "rmsnorm", "none"); ``scale_init`` s_alpha = s_beta init;
-    ``eps`` of the coefficient norm.
+    ``rescale`` (dynamic only): learn s_alpha, s_beta (False: the dynamic terms enter with
+    weight 1, FC's "w/o rescale" ablation); ``eps`` of the coefficient norm.
     Parameters: ``static_alpha`` [n, n+1] = [A_m | A_r], ``static_beta`` [n]; dynamic:
     ``dynamic_alpha`` [d, n+1], ``dynamic_beta`` [d], ``scale_alpha`` [], ``scale_beta`` [],
     ``norm_scale`` [d]. With n = 1, static and the default init it is exactly ``Residual``.
@@ -280,7 +290,7 @@ class HyperConnection(nnx.Module):
 
     def __init__(self, dim: int, rate: int = 4, *, sublayer_idx: int = 0, dynamic: bool = True,
                  use_tanh: bool = True, coeff_norm: str = "layernorm", scale_init: float = 0.01,
-                 eps: float = 1e-6, rngs: nnx.Rngs | None = None):
+                 rescale: bool = True, eps: float = 1e-6, rngs: nnx.Rngs | None = None):
         owner = "HyperConnection"
         d = check_int(f"{owner} dim", dim, 1)
         n = check_int(f"{owner} rate (expansion rate n)", rate, 1)
@@ -296,8 +306,7 @@ class HyperConnection(nnx.Module):
         if self.dynamic:
             self.dynamic_alpha = _dynamic(0.0, (d, n + 1), ("hc_dim", "hc_coeff"))
             self.dynamic_beta = _dynamic(0.0, (d,), ("hc_dim",), DEPTH)
-            self.scale_alpha = _dynamic(scale_init, (), ())
-            self.scale_beta = _dynamic(scale_init, (), (), DEPTH)
+            self.scale_alpha, self.scale_beta = _scales(scale_init, rescale)
             self.norm_scale = (None if coeff_norm == "none"
                                else _static(constant_init(1.0), (d,), ("hc_dim",)))
         else:
@@ -329,7 +338,7 @@ class FracConnection(nnx.Module):
     """Static or dynamic Frac-Connection around one sublayer (see the module docstring).
 
     Args: ``dim`` d; ``rate`` m >= 1 dividing d; ``dynamic``; ``use_tanh``; ``coeff_norm``;
-    ``scale_init``; ``eps``. Parameters: ``static_alpha`` [m, 2m] = [Y | A],
+    ``scale_init``; ``rescale`` (as for HyperConnection); ``eps``. Parameters: ``static_alpha`` [m, 2m] = [Y | A],
     ``static_beta`` [m]; dynamic: ``dynamic_alpha`` [d/m, 2m], ``dynamic_beta`` [d/m],
     ``scale_alpha`` [], ``scale_beta`` [], ``norm_scale`` [d/m]. Init Y = A = I, beta = 1:
     exactly the pre-norm residual for every m. ``sublayer_idx`` is accepted and unused.
@@ -337,7 +346,7 @@ class FracConnection(nnx.Module):
 
     def __init__(self, dim: int, rate: int = 4, *, sublayer_idx: int = 0, dynamic: bool = True,
                  use_tanh: bool = True, coeff_norm: str = "layernorm", scale_init: float = 0.01,
-                 eps: float = 1e-6, rngs: nnx.Rngs | None = None):
+                 rescale: bool = True, eps: float = 1e-6, rngs: nnx.Rngs | None = None):
         owner = "FracConnection"
         d = check_int(f"{owner} dim", dim, 1)
         m = check_int(f"{owner} rate (frac rate m)", rate, 1)
@@ -355,8 +364,7 @@ class FracConnection(nnx.Module):
         if self.dynamic:
             self.dynamic_alpha = _dynamic(0.0, (f, 2 * m), ("fc_dim", "fc_coeff"))
             self.dynamic_beta = _dynamic(0.0, (f,), ("fc_dim",), DEPTH)
-            self.scale_alpha = _dynamic(scale_init, (), ())
-            self.scale_beta = _dynamic(scale_init, (), (), DEPTH)
+            self.scale_alpha, self.scale_beta = _scales(scale_init, rescale)
             self.norm_scale = (None if coeff_norm == "none"
                                else _static(constant_init(1.0), (f,), ("fc_dim",)))
         else:

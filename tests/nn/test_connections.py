@@ -276,6 +276,27 @@ def test_static_dynamic_switch_and_tanh():
         np.testing.assert_array_equal(a[:, 1:], np.eye(3))
 
 
+@pytest.mark.parametrize("cls,rate", [(HyperConnection, 2), (FracConnection, 4)])
+def test_without_rescale_the_dynamic_terms_enter_with_weight_one(cls, rate):
+    """FC's "w/o rescale" ablation: no s_alpha / s_beta parameters, and the coefficients equal
+    those of the rescaled module whose scales are set to 1 (same W, same norm)."""
+    plain = cls(32, rate, rescale=False, rngs=nnx.Rngs(0))
+    scaled = cls(32, rate, rngs=nnx.Rngs(0))
+    names = set(_flat(nnx.state(plain, nnx.Param)))
+    assert "scale_alpha" not in names and "dynamic_alpha" in names
+    for m in (plain, scaled):
+        m.dynamic_alpha[...] = jax.random.normal(jax.random.key(3), m.dynamic_alpha.shape)
+        m.dynamic_beta[...] = jax.random.normal(jax.random.key(4), m.dynamic_beta.shape)
+    scaled.scale_alpha[...] = jnp.ones(())
+    scaled.scale_beta[...] = jnp.ones(())
+    width = 32 if cls is HyperConnection else 32 // rate  # HC copies d, FC splits it
+    H = jax.random.normal(jax.random.key(5), (2, 8, rate, width))
+    for got, want in zip(plain.coefficients(H), scaled.coefficients(H)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    a, _ = plain.coefficients(H)  # tanh bounds the deviation by 1, not by 0.01
+    assert 0.1 < float(jnp.abs(a - plain.static_alpha[...]).max()) <= 1.0
+
+
 def test_optimizer_labels():
     for conn in (HyperConnection(8, 2), FracConnection(8, 2), ManifoldHyperConnection(8, 2)):
         wd = param_metadata(conn, "weight_decay")
