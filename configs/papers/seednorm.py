@@ -47,4 +47,18 @@ def get_sweep(variant=None):
         row("seednorm_dot_dim", "-", "dot", **seed(dot_scale="dim")),
         row("seednorm_scalar_alpha", "2.909", "ablation", **seed(scalar_alpha=True)),
         row("seednorm_elementwise", "2.909", "ablation", **seed(num_heads=d_model)),
+        # the paper's untested claims, each against default SeeDNorm: unbounded activations
+        # diverge; without alpha / beta / gamma (held at init by a zero LR multiplier on its own
+        # group; "without beta" [I]: beta fixed at 1/sqrt(d), since beta held at 0 is RMSNorm);
+        # no weight decay on alpha and beta (the paper decays them; qualitative)
+        row("seednorm_gelu", "diverges", "act", vs="seednorm", **seed(activation="gelu")),
+        row("seednorm_swish", "diverges", "act", vs="seednorm", **seed(activation="swish")),
+        row("seednorm_no_alpha", "2.907", "ablation", vs="seednorm",
+            train__lr_multipliers={"seednorm_alpha": 0.0}, **seed()),
+        row("seednorm_no_beta", "2.911", "ablation", vs="seednorm",
+            train__lr_multipliers={"seednorm_beta": 0.0}, **seed(beta_init=d_model ** -0.5)),
+        row("seednorm_no_gamma", "2.913", "ablation", vs="seednorm",
+            train__lr_multipliers={"seednorm_gamma": 0.0}, **seed()),
+        row("seednorm_no_decay", "worse (qualitative)", "wd", vs="seednorm",
+            **seed(decay_alpha_beta=False)),
     ]

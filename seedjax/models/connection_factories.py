@@ -154,10 +154,11 @@ register("connection", "mhc")(ManifoldFamily)
 def seednorm(cfg: LMConfig, dim: int, *, rngs: nnx.Rngs, num_heads: int = 1,
              activation: str = "tanh", alpha_init: float = 1.0,
              zero_centered_gamma: bool = False, dot_scale: str = "none",
-             scalar_alpha: bool = False):
+             scalar_alpha: bool = False, beta_init: float = 0.0, decay_alpha_beta: bool = True):
     return SeeDNorm(dim, num_heads=num_heads, activation=activation, alpha_init=alpha_init,
                     zero_centered_gamma=zero_centered_gamma, eps=cfg.norm_eps,
-                    dot_scale=dot_scale, scalar_alpha=scalar_alpha, rngs=rngs)
+                    dot_scale=dot_scale, scalar_alpha=scalar_alpha, beta_init=beta_init,
+                    decay_alpha_beta=decay_alpha_beta, rngs=rngs)
 
 
 @register("norm", "dyt")

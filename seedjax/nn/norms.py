@@ -55,7 +55,7 @@ class LayerNorm(nnx.Module):
         return y.astype(x.dtype)
 
 
-SEEDNORM_ACTIVATIONS = ("tanh", "sigmoid", "hardtanh")
+SEEDNORM_ACTIVATIONS = ("tanh", "sigmoid", "hardtanh", "gelu", "swish")
 SEEDNORM_DOT_SCALES = ("none", "sqrt_dim", "dim")
 
 
@@ -64,6 +64,10 @@ def _seednorm_activation(name: str):
         return jnp.tanh
     if name == "sigmoid":
         return jax.nn.sigmoid
+    if name == "gelu":  # unbounded: the paper reports that GELU and Swish diverge
+        return lambda s: jax.nn.gelu(s, approximate=False)
+    if name == "swish":
+        return jax.nn.silu
     return lambda s: jnp.clip(s, -1.0, 1.0)  # hardtanh
 
 
@@ -88,13 +92,21 @@ class SeeDNorm(nnx.Module):
     Init: gamma = 1, alpha = ``alpha_init`` (1 for LMs), beta = 0, so with ``activation="tanh"``
     (or hardtanh) SeeDNorm equals RMSNorm with unit gain at init (sigmoid(0) = 0.5 gives a gain of
     1 + 0.5 * alpha instead). ``zero_centered_gamma`` stores gamma - 1 (init 0).
-    Weight decay: alpha and beta are decayed (as in the paper); gamma is not. Computed in float32;
-    returns the input dtype. Not implemented: dropout on the dynamic term (vision), AdaSeeDNorm.
+    Weight decay: alpha and beta are decayed (as in the paper; ``decay_alpha_beta=False`` for the
+    paper's weight-decay ablation); gamma is not. ``beta_init`` (default 0) sets beta's constant
+    init. For the paper's "without alpha / beta / gamma" ablations each parameter has its own
+    optimizer group (``seednorm_alpha``, ``seednorm_beta``, ``seednorm_gamma``), so
+    ``train.lr_multipliers={"seednorm_alpha": 0}`` holds it at its init; "without beta" then
+    needs a non-zero ``beta_init`` ([I]: a fixed direction, e.g. 1/sqrt(dim/h)), since beta
+    held at 0 is RMSNorm. ``activation`` also offers the unbounded "gelu" and "swish" of the
+    paper's activation ablation. Computed in float32; returns the input dtype. Not implemented:
+    dropout on the dynamic term (vision), AdaSeeDNorm.
     """
 
     def __init__(self, dim: int, *, num_heads: int = 1, activation: str = "tanh",
                  alpha_init: float = 1.0, zero_centered_gamma: bool = False, eps: float = 1e-6,
-                 dot_scale: str = "none", scalar_alpha: bool = False, axis_name: str = "norm",
+                 dot_scale: str = "none", scalar_alpha: bool = False, beta_init: float = 0.0,
+                 decay_alpha_beta: bool = True, axis_name: str = "norm",
                  rngs: nnx.Rngs | None = None):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"SeeDNorm dim must be an integer >= 1, got {dim!r}")
@@ -112,10 +124,14 @@ class SeeDNorm(nnx.Module):
         self.dim, self.num_heads, self.activation, self.eps = dim, num_heads, activation, eps
         self.zero_centered_gamma = zero_centered_gamma
         g0 = 0.0 if zero_centered_gamma else 1.0
-        self.gamma = param(None, constant_init(g0), (dim,), (axis_name,), weight_decay=False)
+        self.gamma = param(None, constant_init(g0), (dim,), (axis_name,), weight_decay=False,
+                           lr_group="seednorm_gamma")
         a_shape, a_axes = ((1,), (None,)) if scalar_alpha else ((dim,), (axis_name,))
-        self.alpha = param(None, constant_init(alpha_init), a_shape, a_axes, weight_decay=True)
-        self.beta = param(None, constant_init(0.0), (dim,), (axis_name,), weight_decay=True)
+        decay = bool(decay_alpha_beta)
+        self.alpha = param(None, constant_init(alpha_init), a_shape, a_axes, weight_decay=decay,
+                           lr_group="seednorm_alpha")
+        self.beta = param(None, constant_init(float(beta_init)), (dim,), (axis_name,),
+                          weight_decay=decay, lr_group="seednorm_beta")
 
     def dynamic_scalar(self, x: jax.Array) -> jax.Array:
         """act(x_(j) . beta_(j)) in float32: [..., num_heads]."""

@@ -18,8 +18,11 @@ def _reference(x, gamma, alpha, beta, heads, act, eps=1e-6):
     d = x.shape[-1]
     xh = x.reshape(*x.shape[:-1], heads, d // heads)
     s = np.einsum("...hc,hc->...h", xh, np.asarray(beta, np.float64).reshape(heads, -1))
+    from scipy.special import erf
     a = {"tanh": np.tanh, "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
-         "hardtanh": lambda v: np.clip(v, -1, 1)}[act](s)
+         "hardtanh": lambda v: np.clip(v, -1, 1),
+         "gelu": lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))),
+         "swish": lambda v: v / (1 + np.exp(-v))}[act](s)
     gain = np.asarray(gamma).reshape(heads, -1) + a[..., None] * np.asarray(alpha).reshape(heads, -1)
     rms = np.sqrt(np.mean(x * x, -1, keepdims=True) + eps)
     return (gain * xh).reshape(x.shape) / rms
@@ -37,7 +40,7 @@ def test_init_equals_unit_gain_rmsnorm(heads, act, dtype):
     np.testing.assert_array_equal(z, RMSNorm(32)(x))
 
 
-@pytest.mark.parametrize("act", ["tanh", "sigmoid", "hardtanh"])
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "hardtanh", "gelu", "swish"])
 @pytest.mark.parametrize("heads", [1, 2, 8])
 def test_formula_against_numpy(act, heads):
     norm = SeeDNorm(32, num_heads=heads, activation=act, alpha_init=0.7)
@@ -103,13 +106,45 @@ def test_beta_and_alpha_get_gradient_at_init():
 def test_weight_decay_labels():
     assert param_metadata(SeeDNorm(8), "weight_decay") == {"alpha": True, "beta": True,
                                                            "gamma": False}
+    assert param_metadata(SeeDNorm(8, decay_alpha_beta=False), "weight_decay") == {
+        "alpha": False, "beta": False, "gamma": False}  # the paper's weight-decay ablation
+    assert param_metadata(SeeDNorm(8), "lr_group") == {
+        "alpha": "seednorm_alpha", "beta": "seednorm_beta", "gamma": "seednorm_gamma"}
+
+
+def test_a_zero_lr_group_holds_that_parameter_at_init():
+    """The "without alpha" ablation: lr multiplier 0 on seednorm_alpha keeps alpha at its init
+    through AdamW steps (weight decay included) while beta and gamma train; beta_init sets the
+    fixed direction used by "without beta"."""
+    from seedjax.train.optim import make_optimizer
+    norm = SeeDNorm(8, beta_init=0.25)
+    np.testing.assert_array_equal(norm.beta[...], 0.25)
+    params = nnx.to_pure_dict(nnx.state(norm, nnx.Param))
+    tx, _ = make_optimizer({"lr": 0.1, "steps": 10, "weight_decay": 0.1,
+                            "lr_multipliers": {"seednorm_alpha": 0.0}},
+                           param_metadata(norm, "weight_decay"), param_metadata(norm, "lr_group"))
+    x = jax.random.normal(jax.random.key(1), (4, 8))
+
+    graphdef, state0 = nnx.split(norm)
+
+    def loss(p):
+        st = jax.tree.map(lambda v: v, state0)
+        nnx.replace_by_pure_dict(st, p)
+        return jnp.sum(nnx.merge(graphdef, st)(x) ** 3)
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    np.testing.assert_array_equal(params["alpha"], 1.0)
+    assert float(jnp.abs(params["beta"] - 0.25).max()) > 0
+    assert float(jnp.abs(params["gamma"] - 1.0).max()) > 0
     assert param_metadata(DyT(8), "weight_decay") == {"alpha": False, "bias": False,
                                                       "gamma": False}
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: SeeDNorm(32, activation="gelu"), "activation"),
-    (lambda: SeeDNorm(32, activation="swish"), "tanh"),
+    (lambda: SeeDNorm(32, activation="relu"), "activation"),
+    (lambda: SeeDNorm(32, activation="elu"), "tanh"),
     (lambda: SeeDNorm(32, num_heads=5), "num_heads"),
     (lambda: SeeDNorm(32, dot_scale="half"), "dot_scale"),
     (lambda: SeeDNorm(32, num_heads=0), "num_heads"),
