@@ -65,6 +65,12 @@ def get_sweep(variant=None):
         um("slots_1k", "- (Fig. 6b)", "F6b", n_keys=slots(32)),
         um("slots_16k", "- (Fig. 6b)", "F6b", n_keys=slots(128)),
         um("preselect_abs", "- (ours)", "ours", preselect="abs"),
+        # claims not yet tested: denser activation at fixed slots (spec §9: larger top-m is
+        # better), query/key LayerNorm (kept "for stability"), MCS with 4 cores (Table 3: lower
+        # train loss, higher val loss than h_c = 2)
+        um("topm_32", "better (denser activation)", "F6b", topk=2 * base_mem["topk"]),
+        um("no_qk_norm", "less stable", "T2", qk_norm=False),
+        um("mcs_h4", "train lower, val higher (overfits)", "T3", cores=4),
     ]
 
 

@@ -67,9 +67,13 @@ def get_sweep(variant=None):
     small_ffn = 48 if smoke else 288
 
     def v2(name, paper, group, vs="ultramem_v2", **kw):  # V2 variants pair with eq. 26 V2
-        return row(name, paper, group, vs=vs, model__memory="ultramem_v2",
-                   model__memory_layers="every", model__memory_kwargs={**mem, **kw},
-                   model__mlp_dim=small_ffn)
+        """kw: memory_kwargs fields, or config overrides (names with "__") that replace the
+        defaults below."""
+        top = {k: v for k, v in kw.items() if "__" in k}
+        mem_kw = {k: v for k, v in kw.items() if "__" not in k}
+        return row(name, paper, group, vs=vs, **{
+            "model__memory": "ultramem_v2", "model__memory_layers": "every",
+            "model__memory_kwargs": {**mem, **mem_kw}, "model__mlp_dim": small_ffn, **top})
 
     moe = ({"n_experts": 8, "top_k": 2, "expert_dim": 8} if smoke else
            {"n_experts": 24, "top_k": 8, "expert_dim": 48})
@@ -100,6 +104,15 @@ def get_sweep(variant=None):
               ("v2_official_tucker_penalty", FIG8, {"aux_coef": 0.001}),
               ("v2_official_share_ring2", "S4/S9-Ring better (Fig. 11)",
                {"sharing": "ring", "share_group": 2}))),
+        # claims not yet tested, on the released init: memory in every block vs every other
+        # block (V2 §3.2; fewer activated FLOPs), and the value LR 4x decaying to 1x vs the
+        # constant 1x V2 uses (Fig. 13: the decay wins early, 1x at the end of a long run)
+        v2("v2_official_half_layers", "worse (memory in every block is V2's change)", "layers",
+           vs="v2_official_init", init="official",
+           model__memory_layers="0:0" if smoke else "0:0/2:2/4:4"),
+        v2("v2_official_value_lr4", "4x->1x best early (Fig. 13)", "lr", vs="v2_official_init",
+           init="official", train__lr_multipliers={"memory_values": {
+               "start": 4.0, "end": 1.0, "decay_steps": 3 if smoke else 600}}),
         row("memory_plus", "2.920 (Memory+-227M/1.2B)", "T3",
             vs=["v2_official_init", "ultramem", "dense"], model__memory="memory_plus",
             model__memory_layers="0:0" if smoke else "1:1/3:3", model__mlp_dim=small_ffn,
