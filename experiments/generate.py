@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from absl import logging as absl_logging
 
@@ -24,24 +22,37 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    from experiments.cli import fail
+    from seedjax.train.config_check import ConfigError, check_field, validate_sample
+    try:  # flag ranges first, before any checkpoint is read
+        if FLAGS.num_samples < 1:
+            raise ConfigError(f"--num_samples={FLAGS.num_samples} must be >= 1")
+        for k in ("prompt", "length", "temperature", "top_p"):
+            if getattr(FLAGS, k) is not None:
+                check_field(f"--{k}", f"sample.{k}", getattr(FLAGS, k))
+    except ConfigError as e:
+        fail(e)
     from seedjax.data import ByteTokenizer
     from seedjax.eval.sampling import sample_text
     from seedjax.train.restore import load_model
     try:
         model, config, step = load_model(FLAGS.workdir, FLAGS.step)
         s = config.sample
-        text = sample_text(
-            model, ByteTokenizer(), s.prompt if FLAGS.prompt is None else FLAGS.prompt,
-            s.length if FLAGS.length is None else FLAGS.length,
-            temperature=s.temperature if FLAGS.temperature is None else FLAGS.temperature,
-            top_p=s.top_p if FLAGS.top_p is None else FLAGS.top_p, seed=FLAGS.seed,
-            num_samples=FLAGS.num_samples)
+        pick = lambda flag, default: default if flag is None else flag
+        prompt, length = pick(FLAGS.prompt, s.prompt), pick(FLAGS.length, s.length)
+        temperature, top_p = pick(FLAGS.temperature, s.temperature), pick(FLAGS.top_p, s.top_p)
+        names = {k: f"--{k}" if getattr(FLAGS, k) is not None else f"sample.{k} (saved config)"
+                 for k in ("prompt", "length", "temperature", "top_p")}
+        validate_sample(prompt, length, temperature, top_p, max_seq_len=model.cfg.max_seq_len,
+                        num_samples=FLAGS.num_samples, names={**names, "num_samples": "--num_samples"})
+        text = sample_text(model, ByteTokenizer(), prompt, length, temperature=temperature,
+                           top_p=top_p, seed=FLAGS.seed, num_samples=FLAGS.num_samples)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
     print(f"[checkpoint step {step}]\n{text}")
 
 
 if __name__ == "__main__":
+    from experiments.cli import parse_flags
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

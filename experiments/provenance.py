@@ -79,5 +79,5 @@ def summary_lines(results: list) -> list[str]:
     lines = [f"Runs: {n}. Commits: {fmt(counts['commit'])}.",
              f"Versions: {fmt(counts['versions'])}.", f"Machine: {fmt(counts['machine'])}."]
     if missing:
-        lines.append(f"{missing} runs have no provenance record.")
+        lines.append(f"{missing} run{' has' if missing == 1 else 's have'} no provenance record.")
     return lines

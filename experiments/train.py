@@ -6,18 +6,19 @@
 At the end it prints validation bits-per-byte and a text sample, and writes loss.png,
 metrics.jsonl and TensorBoard events to the workdir. Multi-host: pass --coordinator,
 --num_processes and --process_id (or --distributed_auto on TPU pods / SLURM).
+
+The config and every flag are validated before anything runs (seedjax.train.config_check):
+a bad value, unknown field, config file or multi-host flag prints one ``error:`` line and
+exits 2; a non-finite loss exits 3.
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py:tiny",
-                                lock_config=True)
+flags.DEFINE_string("config", None, "Config file and variant, e.g. configs/lm.py:tiny; override "
+                    "any field with --config.<section>.<field>=<value> ('None' for optional fields).")
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
 flags.DEFINE_bool("sample", True, "Print a text sample at the end.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -31,6 +32,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    from experiments.cli import CONFIG_OVERRIDES, fail
+    from experiments.overrides import load_config
+    from seedjax.train.config_check import ConfigError, check_distributed_flags
+    try:
+        config = load_config(FLAGS.config, CONFIG_OVERRIDES)
+        check_distributed_flags(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    except ConfigError as e:
+        fail(e)
     from seedjax.sharding.multihost import maybe_initialize
     maybe_initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                      auto_detect=FLAGS.distributed_auto)
@@ -38,11 +47,12 @@ def main(argv):
     from seedjax.train.loop import NonFiniteLossError, Trainer
 
     try:
-        trainer = Trainer(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+        trainer = Trainer(config, FLAGS.workdir, progress=FLAGS.progress)
         summary = trainer.run()
-    except (ValueError, NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, ValueError) else 3)
+    except ValueError as e:
+        fail(e)
+    except NonFiniteLossError as e:
+        fail(e, code=3)
     if jax.process_index() != 0:
         return
     print(f"status: {summary['status']} at step {summary['step']} "
@@ -59,10 +69,11 @@ def main(argv):
     if FLAGS.sample and summary["status"] == "completed":
         from seedjax.eval.sampling import sample_text
         model = trainer.mdef.merge(jax.device_get(trainer.state["params"]))
-        s = FLAGS.config.sample
+        s = config.sample
         print("sample:\n" + sample_text(model, trainer.data.tokenizer, s.prompt, s.length,
                                         temperature=s.temperature, top_p=s.top_p, seed=s.seed))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments.cli import parse_flags
+    app.run(main, flags_parser=parse_flags)
