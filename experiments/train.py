@@ -60,7 +60,7 @@ def main(argv):
     if summary["val"]:
         print(f"validation: loss {summary['val']['loss']:.4f} nats/byte, "
               f"bits/byte {summary['val']['bits_per_byte']:.4f}")
-    if summary["train"]:
+    if summary["train"] and "tokens_per_s" in summary["train"]:  # absent: no timed step
         t = summary["train"]
         print(f"throughput: {t['tokens_per_s']:.0f} tokens/s, {t['tflops_per_device'] * 1e3:.1f} "
               f"GFLOP/s/device, MFU {t['mfu']:.1%} ({trainer.peak_source})")

@@ -32,6 +32,7 @@ from seedjax.sharding.multihost import global_batch
 from seedjax.sharding.rules import get_rules, param_shardings
 from seedjax.train import flops as flops_lib
 from seedjax.train.checkpoint import Checkpointer, abstract_like
+from seedjax.train.config_check import validate_config
 from seedjax.train.hardware import peak_flops_per_device
 from seedjax.train.hooks import Hook
 from seedjax.train.metrics import MetricWriter, plot_loss_curve
@@ -61,6 +62,7 @@ class Trainer:
     """``Trainer(config, workdir).run()`` -> summary dict. ``config`` is the ml_collections config."""
 
     def __init__(self, config, workdir: str, *, progress: bool = True):
+        validate_config(config)
         self.config, self.workdir, self.progress = config, workdir, progress
         tc = config.train
         self.model_cfg = LMConfig.from_dict(config.model)
@@ -98,7 +100,7 @@ class Trainer:
         self.hooks: list[Hook] = []
         self._stop_signal = False
         self._interval: list[dict] = []
-        self._interval_t0 = None
+        self._interval_t0, self._interval_first, self._untimed = None, None, 0
 
         flops_per_token = flops_lib.lm_train_flops_per_token(self.model_cfg, self.seq_len)
         self.flops_per_step = flops_per_token * self.seq_len * self.batch_size
@@ -153,18 +155,21 @@ class Trainer:
         if not self._interval:
             return
         rows = jax.device_get(self._interval)
-        dt = (time.perf_counter() - self._interval_t0) / len(rows)
         avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        tokens = self.seq_len * self.batch_size
-        flops_per_dev = self.flops_per_step / dt / jax.device_count()
-        avg.update(step_time_s=dt, tokens_per_s=tokens / dt,
-                   tflops_per_device=flops_per_dev / 1e12, mfu=flops_per_dev / self.peak)
+        avg["first_step"] = self._interval_first  # the row averages steps first_step..step
+        timed = len(rows) - self._untimed  # the compile step after a resume is not timed
+        if timed:
+            dt = (time.perf_counter() - self._interval_t0) / timed
+            tokens = self.seq_len * self.batch_size
+            flops_per_dev = self.flops_per_step / dt / jax.device_count()
+            avg.update(step_time_s=dt, tokens_per_s=tokens / dt,
+                       tflops_per_device=flops_per_dev / 1e12, mfu=flops_per_dev / self.peak)
         self.last_train_metrics = avg
         self.writer.write(step, avg)
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{avg['loss']:.3f}", tok_s=f"{avg['tokens_per_s']:.0f}",
-                                  mfu=f"{avg['mfu']:.2f}")
-        self._interval, self._interval_t0 = [], time.perf_counter()
+            self._bar.set_postfix(loss=f"{avg['loss']:.3f}",
+                                  tok_s=f"{avg.get('tokens_per_s', float('nan')):.0f}")
+        self._interval, self._interval_t0, self._untimed = [], time.perf_counter(), 0
 
     def evaluate(self, params) -> dict:
         ce, n = 0.0, 0.0
@@ -196,6 +201,7 @@ class Trainer:
     def run(self) -> dict:
         state, start = self._init_or_restore()
         self.state = state
+        dropped = self.writer.start(start)  # forget rows/events a killed attempt logged after start
         self._compile()
         n_params = count_params(state["params"])
         log.info("model: %d parameters; mesh %s; peak %.1f GFLOP/s/device (%s)",
@@ -206,6 +212,14 @@ class Trainer:
             from tqdm.auto import tqdm
             self._bar = tqdm(total=self.total_steps, initial=start, desc="train", dynamic_ncols=True,
                              file=sys.stdout)
+        if start and jax.process_index() == 0:
+            msg = (f"resumed from step {start} ({self.ckpt.directory}); dropped {dropped['rows']} "
+                   f"metrics.jsonl rows and {dropped['events']} TensorBoard events after it")
+            log.info(msg)
+            if self._bar is not None:
+                self._bar.write(msg)
+            else:
+                print(msg, flush=True)
         status, step = "completed", start
         try:
             self._interval_t0 = time.perf_counter()
@@ -220,10 +234,13 @@ class Trainer:
                             f"norm {pnorm}); stopping without saving. The last good checkpoint is "
                             f"step {self.ckpt.latest_step()} in {self.ckpt.directory}. Lower "
                             "train.lr or enable train.grad_clip.")
-                    if step == start + 1:  # exclude compilation from the first interval
+                    if step == start + 1:  # exclude compilation from the step-time average
                         self._interval_t0 = time.perf_counter()
-                    else:
+                    if step > start + 1 or start:  # a fresh run's first row starts at step 2
+                        if not self._interval:
+                            self._interval_first = step
                         self._interval.append(metrics)
+                        self._untimed += step == start + 1
                     if self._bar is not None:
                         self._bar.update(1)
                     stopping = self._stop_signal

@@ -1,5 +1,6 @@
 """Optimizer: AdamW with warmup + cosine, global-norm clipping, weight-decay masks and
-per-parameter-group learning-rate multipliers.
+per-parameter-group learning-rate multipliers. The optimizer state's tree structure depends
+only on the parameters, never on optional settings (clipping on/off, group multipliers).
 
 Groups come from each parameter's ``lr_group`` metadata (``seedjax.nn.params.param``) and decay
 masks from its ``weight_decay`` metadata, so modules declare e.g. memory value tables as
@@ -98,10 +99,14 @@ def make_optimizer(train_cfg: Mapping[str, Any], decay_mask: Any, groups: Any
     if unknown:
         raise ValueError(f"train.lr_multipliers names groups {unknown} that no parameter has; "
                          f"parameter groups: {sorted(known)}")
-    parts = []
-    if train_cfg.get("grad_clip"):
-        parts.append(optax.clip_by_global_norm(float(train_cfg["grad_clip"])))
-    parts += [
+    clip = float(train_cfg.get("grad_clip") or 0.0)
+    if not clip >= 0:
+        raise ValueError(f"train.grad_clip={clip} must be >= 0 (0 = off)")
+    # The clip slot is always there (identity when off; both have an empty state), so the
+    # optimizer state's structure does not depend on train.grad_clip: a run resumes across a
+    # change of it, and runs with clipping on compute exactly what they did before.
+    parts = [
+        optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(),
         optax.scale_by_adam(b1=float(train_cfg.get("b1", 0.9)), b2=float(train_cfg.get("b2", 0.95)),
                             eps=float(train_cfg.get("eps", 1e-8))),
         optax.add_decayed_weights(float(train_cfg.get("weight_decay", 0.0)), mask=decay_mask),

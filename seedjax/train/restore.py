@@ -19,9 +19,13 @@ def load_model(workdir: str, step: int | None = None) -> tuple[LM, ml_collection
     if not os.path.isdir(ckpt_dir):
         raise ValueError(f"--workdir {workdir!r} has no checkpoints/ directory (train first)")
     ckpt = Checkpointer(ckpt_dir)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
+    available = sorted(ckpt.manager.all_steps())
+    if not available:
         raise ValueError(f"no checkpoint found in {ckpt_dir}")
+    step = available[-1] if step is None else step
+    if step not in available:
+        raise ValueError(f"step={step}: no checkpoint at step {step} in {ckpt_dir}; "
+                         f"allowed: {available}")
     config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
     model_cfg = LMConfig.from_dict(config.model)
     model_fn = lambda: LM(model_cfg, rngs=nnx.Rngs(0))
