@@ -20,6 +20,7 @@ setup(
         "tqdm",
         "matplotlib",
         "tensorboardX",
+        "safetensors>=0.8.0",  # seedjax.convert (HF checkpoints)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6"],

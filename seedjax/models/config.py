@@ -32,6 +32,8 @@ class LMConfig:
     dtype: str = "float32"             # compute dtype; params are float32
     scan_layers: bool = False          # lax.scan over stacked blocks (needs identical blocks)
     remat: bool = False                # recompute block activations in the backward pass
+    sandwich_norm: bool = False        # also norm each sublayer's output before the residual add
+                                       # (pre + post norms, as in Ouro / Gemma 2)
     # pluggable parts: registry name + factory kwargs
     embed: str = "token"
     embed_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -51,6 +53,11 @@ class LMConfig:
     memory: str = "none"
     memory_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     memory_layers: str = ""
+    # the block stack: "plain" (n_layers blocks once) or "looped" (the same blocks applied
+    # stack_kwargs["loops"] times with the final norm after every loop and an exit gate; see
+    # seedjax.nn.looped.LoopConfig for its kwargs)
+    stack: str = "plain"
+    stack_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "max_seq_len"):

@@ -10,6 +10,15 @@ parallel to block l's FFN adds ``memory(norm(h), tables)`` to y before the write
 (k:v, v > k) reads block k's ``norm(h)`` and is added to H after block v. ``tables`` are the
 LM-level shared tables of the memory factory (UltraMemV2 sharing), or None.
 
+Sandwich norms (``model.sandwich_norm``): each sublayer's output is also normed before the
+write, ``y = post_norm(sublayer(pre_norm(h)))`` (Ouro, Gemma 2).
+
+Stack (``model.stack``, a registry part): "plain" applies the blocks once; "looped" (Ouro /
+LoopLM, ``seedjax.nn.looped``) applies the same blocks T times, with ``final_norm`` at the end of
+every loop feeding the next one, an exit gate, per-loop logits through the one head and an exit
+rule choosing the returned logits; its call keywords are ``loops``, ``exit_at_step``,
+``exit_threshold``, ``weighted_exit`` and ``return_loop_logits``.
+
 Shapes: tokens int [B, T] (T <= max_seq_len) -> logits float32 [B, T, V].
 With ``scan_layers=True`` the blocks' parameters are stacked along a leading "layers" axis and
 applied with ``jax.lax.scan`` (faster compiles; needs structurally identical blocks).
@@ -26,8 +35,9 @@ from seedjax.models import factories  # noqa: F401  (registers the default facto
 from seedjax.models import connection_factories  # noqa: F401
 from seedjax.models import memory_factories  # noqa: F401
 from seedjax.models.config import LMConfig
-from seedjax.models.registry import lookup
+from seedjax.models.registry import lookup, register
 from seedjax.nn.attention import KVCache
+from seedjax.nn.looped import check_loops, exit_readout, resolve_rule
 from seedjax.nn.params import is_param
 from seedjax.nn.partitioning import constrain
 
@@ -37,6 +47,12 @@ class LMOutput(NamedTuple):
     aux_losses: dict                  # name -> scalar (already weighted; added to the loss)
     cache: Any = None                 # per-layer KV caches when decoding
     intermediates: dict | None = None  # on request: layer_outputs, streams, branch_inputs
+    #                                   (looped: stacked over loops, plus loop_states
+    #                                   [T, B, T_seq, d] and gate_logits [T, B, T_seq])
+    # looped stacks only (None otherwise):
+    loop_logits: jax.Array | None = None  # [T, B, T_seq, V] float32, logits of every loop
+    exit_probs: jax.Array | None = None   # [B, T_seq, T] float32 exit distribution p_t
+    exit_steps: jax.Array | None = None   # [B, T_seq] int32 loop whose logits were returned
 
 
 def build(kind: str, cfg: LMConfig, *args, **kw):
@@ -89,6 +105,9 @@ class Block(nnx.Module):
         self.ffn_norm = build("norm", cfg, cfg.d_model, rngs=rngs)
         self.ffn = build("ffn", cfg, layer_idx, rngs=rngs)
         self.ffn_conn = build("connection", cfg, 2 * layer_idx + 1, rngs=rngs)
+        post = cfg.sandwich_norm
+        self.attn_post_norm = build("norm", cfg, cfg.d_model, rngs=rngs) if post else None
+        self.ffn_post_norm = build("norm", cfg, cfg.d_model, rngs=rngs) if post else None
         self.memory = None if memory_unit is None else build_memory(cfg, memory_unit, rngs=rngs)
         # the unit index is passed at call time (not stored) so scanned blocks stay identical
 
@@ -101,6 +120,8 @@ class Block(nnx.Module):
         H_attn = H
         h_attn, ctx = self.attn_conn.read(H)
         y, cache = self.attn(self.attn_norm(h_attn), positions=positions, cache=cache)
+        if self.attn_post_norm is not None:
+            y = self.attn_post_norm(y)
         H = self.attn_conn.write(y, ctx)
         H_ffn = H
         h_ffn, ctx = self.ffn_conn.read(H)
@@ -109,6 +130,8 @@ class Block(nnx.Module):
         if self.memory is not None:
             y_mem, aux_mem = call_memory(self.memory, x_ffn, memory_tables, memory_unit)
             y, aux = y + y_mem.astype(y.dtype), _add_aux(aux, aux_mem)
+        if self.ffn_post_norm is not None:
+            y = self.ffn_post_norm(y)
         H = self.ffn_conn.write(y, ctx)
         rec = None
         if record:
@@ -214,6 +237,9 @@ class LayerStack(nnx.Module):
         return H, new_cache, aux_total, inter
 
 
+register("stack", "plain")(lambda cfg, *, rngs: LayerStack(cfg, rngs=rngs))
+
+
 class LM(nnx.Module):
     """Decoder LM. ``LM(cfg, rngs=nnx.Rngs(seed))(tokens) -> LMOutput``."""
 
@@ -221,7 +247,7 @@ class LM(nnx.Module):
         self.cfg = cfg
         self.connection = lookup("connection", cfg.connection)
         self.embed = build("embed", cfg, rngs=rngs)
-        self.layers = LayerStack(cfg, rngs=rngs)
+        self.layers = build("stack", cfg, rngs=rngs)
         shared = (getattr(lookup("memory", cfg.memory), "shared_tables", None)
                   if cfg.memory != "none" else None)
         self.memory_tables = (None if shared is None else
@@ -230,8 +256,26 @@ class LM(nnx.Module):
         self.final_norm = build("norm", cfg, cfg.d_model, rngs=rngs)
         self.head = build("head", cfg, rngs=rngs)
 
-    def init_cache(self, batch: int, length: int | None = None, dtype=None):
-        """Empty KV caches for decoding up to ``length`` (default max_seq_len) positions."""
+    @property
+    def looped(self) -> bool:
+        return bool(getattr(self.layers, "looped", False))
+
+    def init_cache(self, batch: int, length: int | None = None, dtype=None, *,
+                   loops: int | None = None):
+        """Empty KV caches for decoding up to ``length`` (default max_seq_len) positions. A looped
+        stack gets one per loop (``loops``, default the configured T), each holding the per-layer
+        caches: slot (loop t, layer l) as in the released Ouro cache."""
+        cfg = self.cfg
+        if self.looped:
+            loops = self.layers.config.loops if loops is None else loops
+            check_loops(loops)
+            return [self._stack_cache(batch, length, dtype) for _ in range(loops)]
+        if loops is not None:
+            raise ValueError(f"loops={loops!r} needs model.stack='looped' "
+                             f"(got {cfg.stack!r})")
+        return self._stack_cache(batch, length, dtype)
+
+    def _stack_cache(self, batch: int, length: int | None, dtype):
         cfg = self.cfg
         length = cfg.max_seq_len if length is None else length
         if length > cfg.max_seq_len:
@@ -243,7 +287,16 @@ class LM(nnx.Module):
         return [one() for _ in range(cfg.n_layers)]
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None, cache=None,
-                 return_intermediates: bool = False) -> LMOutput:
+                 return_intermediates: bool = False, loops: int | None = None,
+                 exit_at_step: int | None = None, exit_threshold: float | None = None,
+                 weighted_exit: bool | None = None,
+                 return_loop_logits: bool = True) -> LMOutput:
+        """tokens int [B, T] -> LMOutput. Looped stacks only (ValueError otherwise): ``loops``
+        (T for this call, default the configured one), ``exit_at_step`` (0-based loop whose
+        logits are returned), ``exit_threshold`` (q in (0, 1]: per token the first loop whose
+        exit CDF >= q), ``weighted_exit`` (sum_t p_t logits_t); priority in that order, else the
+        config's ``exit_rule``. ``return_loop_logits=False`` skips ``loop_logits`` (and the
+        head calls a rule does not need)."""
         cfg = self.cfg
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
@@ -253,6 +306,14 @@ class LM(nnx.Module):
         x = constrain(self.embed(tokens), ("batch", "length", "embed"))
         H = self.connection.expand(x, cfg)
         tables = None if self.memory_tables is None else self.memory_tables()
+        loop_kw = dict(loops=loops, exit_at_step=exit_at_step, exit_threshold=exit_threshold,
+                       weighted_exit=weighted_exit)
+        if self.looped:
+            return self._looped(H, positions, cache, return_intermediates, tables,
+                                return_loop_logits, **loop_kw)
+        given = {k: v for k, v in loop_kw.items() if v is not None}
+        if given:
+            raise ValueError(f"{sorted(given)} need model.stack='looped' (got {cfg.stack!r})")
         H, cache, aux, inter = self.layers(H, positions=positions, cache=cache,
                                            return_intermediates=return_intermediates,
                                            memory_tables=tables)
@@ -260,3 +321,24 @@ class LM(nnx.Module):
         logits, head_aux = _split_aux(self.head(x, self.embed))
         aux = {**aux, **head_aux}
         return LMOutput(logits.astype(jnp.float32), aux, cache, inter)
+
+    def _looped(self, H, positions, cache, return_intermediates, tables, return_loop_logits, *,
+                loops, exit_at_step, exit_threshold, weighted_exit) -> LMOutput:
+        cfg = self.cfg
+        finalize = lambda H: self.final_norm(self.connection.reduce(H, cfg))
+        expand = lambda x: self.connection.expand(x, cfg)
+        n_loops = self.layers.config.loops if loops is None else check_loops(loops)
+        rule, arg = resolve_rule(self.layers.config, n_loops, exit_at_step=exit_at_step,
+                                 exit_threshold=exit_threshold, weighted_exit=weighted_exit)
+        out = self.layers(H, finalize=finalize, expand=expand, loops=n_loops, positions=positions,
+                          cache=cache, return_intermediates=return_intermediates,
+                          memory_tables=tables)
+        read = exit_readout(out.states, out.gate_logits, lambda x: self.head(x, self.embed),
+                            rule, arg, return_loop_logits=return_loop_logits)
+        inter = None
+        if return_intermediates:
+            inter = {**(out.intermediates or {}), "loop_states": out.states}
+            if out.gate_logits is not None:
+                inter["gate_logits"] = out.gate_logits
+        return LMOutput(read.logits, {**out.aux_losses, **read.aux_losses}, out.cache, inter,
+                        read.loop_logits, read.exit_probs, read.exit_steps)

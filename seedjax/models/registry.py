@@ -11,6 +11,9 @@ Kinds and factory signatures (``cfg`` is an ``LMConfig``; ``kw`` its ``<kind>_kw
   ``read``/``write``) and ``expand(x, cfg)`` / ``reduce(H, cfg)`` (see ``seedjax.nn.connections``);
   optionally ``out_init_scale(cfg) -> float`` multiplying the branch output projections' init std
 * ``head``:       ``f(cfg, *, rngs, **kw) -> module(x, embed) -> logits`` or ``(logits, aux_losses)``
+* ``stack``:      ``f(cfg, *, rngs, **kw) -> module`` holding the blocks: ``LayerStack`` ("plain") or
+  a module with ``looped = True`` called as ``module(H, *, finalize, expand, loops, ...)`` returning
+  a ``seedjax.nn.looped.LoopOutput`` ("looped": shared blocks applied T times, exit gate)
 * ``memory``:     ``f(cfg, unit_idx, n_units, *, rngs, **kw) -> module(x, tables) -> y`` or
   ``(y, aux_losses)`` (a memory unit beside the blocks, see ``cfg.memory_layers``); optionally
   ``f.shared_tables(cfg, n_units, *, rngs, **kw) -> module() -> tables | None`` (tables read by
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-KINDS = ("embed", "norm", "mixer", "ffn", "connection", "head", "memory")
+KINDS = ("embed", "norm", "mixer", "ffn", "connection", "head", "memory", "stack")
 _REGISTRY: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
 
 
