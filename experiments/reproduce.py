@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import time
 
 from absl import app, flags
@@ -322,6 +323,7 @@ def page_text(out: str, config: str) -> str:
 
 
 def main(argv):
+    del argv  # the flags are in FLAGS; provenance reads sys.argv
     absl_logging.set_verbosity(absl_logging.WARNING)
     sw = load_sweep(FLAGS.config)
     base, series = sw["base"], sw["series"]
@@ -343,7 +345,7 @@ def main(argv):
         for r, s in todo:
             print(f"  {r['name']} seed {s}: {r.get('overrides', {})}")
         return
-    origin = provenance.current(argv, FLAGS.config)
+    origin = provenance.current(sys.argv, FLAGS.config)  # absl strips the flags from argv
 
     def report():  # every row of the sweep and every finished seed, whatever --rows/--seeds ran
         results = load_results(run_dir, [r["name"] for r in all_rows])

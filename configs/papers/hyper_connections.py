@@ -32,8 +32,9 @@ def get_sweep(variant=None):
         row("dhc_n4", "2.781", "T1", **hc(rate=4)),
         row("shc_n4", "2.791", "T2", **hc(rate=4, dynamic=False)),
         # the paper's "n = 8 adds little" (vs n = 4) and static vs dynamic at n = 2
-        row("dhc_n8", "2.778 (vs 2.781 at n = 4)", "T1", vs="dhc_n4", **hc(rate=8)),
-        row("shc_n2", "2.799 (vs DHC x2 2.802)", "T2", vs="dhc_n2", **hc(rate=2, dynamic=False)),
+        row("dhc_n8", "2.778 (vs 2.781 at n = 4)", "T1", vs=["dhc_n4", "baseline"], **hc(rate=8)),
+        row("shc_n2", "2.799 (vs DHC x2 2.802)", "T2", vs=["dhc_n2", "baseline"],
+            **hc(rate=2, dynamic=False)),
         row("dhc_n4_notanh", "2.779", "T3", **hc(rate=4, use_tanh=False)),
         row("dhc_n4_frozen_wc", "2.802", "T3", **hc(rate=4),
             train__lr_multipliers={"connection_width": 0.0}),

@@ -43,6 +43,8 @@ def test_sweep_runs_skips_and_reports(tmp_path, small_corpus):
     assert "2 runs, 2 to do" in first.stdout
     res = json.load(open(out / "runs" / "wide__s0.json"))
     assert res["status"] == "completed" and res["step"] == 4 and res["val_curve"]
+    cmd = res["provenance"]["command"]  # the full command, flags included
+    assert "--config" in cmd and "--seeds 0" in cmd and "--workroot" in cmd
     table = open(out / "table.md").read()
     assert "| T | base | 1.00 |" in table and "| T | wide | 0.99 |" in table
     assert (out / "val_loss.png").exists() and (out / "curves.png").exists()

@@ -63,7 +63,7 @@ def test_run_files_have_provenance(page):
         missing = [k for k in keys if not p.get(k)]
         assert not missing and "wall_s" in run, f"{page} {run['row']} s{run['seed']}: {missing}"
         assert p["versions"].get("jax") and p["command"].startswith(
-            "python -m experiments.reproduce")
+            "python -m experiments.reproduce --config")
 
 
 @pytest.mark.parametrize("page", TABLES)
