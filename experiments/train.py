@@ -9,7 +9,12 @@ metrics.jsonl and TensorBoard events to the workdir. Multi-host: pass --coordina
 
 The config and every flag are validated before anything runs (seedjax.train.config_check):
 a bad value, unknown field, config file or multi-host flag prints one ``error:`` line and
-exits 2; a non-finite loss exits 3.
+exits 2; a non-finite loss exits 3. Multi-host: when a peer process dies, the others exit within
+--peer_timeout_s (default 30 s) with one ``error: lost process ...`` line naming it and the last
+checkpoint step (exit code 4; SIGABRT when the coordinator itself died), see
+seedjax/sharding/failure.py. SIGTERM: inside the training loop the step finishes, a checkpoint is
+saved and the run exits 0 (``status: preempted``); before the first step (start-up) or after the
+loop it exits 0 at once with one ``status: stopped by SIGTERM ...`` line.
 """
 from __future__ import annotations
 
@@ -26,11 +31,18 @@ flags.DEFINE_string("coordinator", None, "jax.distributed coordinator address ho
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's id (multi-host).")
 flags.DEFINE_bool("distributed_auto", False, "Auto-detect the cluster for jax.distributed.")
+flags.DEFINE_float("peer_timeout_s", 30.0, "Multi-host: when a peer process has been silent "
+                   "this long, every other process exits with one line naming it (exit code 4).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
+    import os
+
+    from seedjax.sharding import failure
+    guard = failure.SigtermGuard()  # SIGTERM during start-up: one status line, exit 0
+    guard.install()
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     from experiments.cli import CONFIG_OVERRIDES, fail
     from experiments.overrides import load_config
@@ -38,21 +50,34 @@ def main(argv):
     try:
         config = load_config(FLAGS.config, CONFIG_OVERRIDES)
         check_distributed_flags(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        if not FLAGS.peer_timeout_s > 0:
+            raise ConfigError(f"--peer_timeout_s={FLAGS.peer_timeout_s} must be > 0 (seconds)")
     except ConfigError as e:
         fail(e)
+    ckpt_dir = os.path.abspath(os.path.join(FLAGS.workdir, "checkpoints"))
+    failure.set_checkpoint_reporter(lambda: failure.last_committed_step(ckpt_dir))
+    if FLAGS.coordinator or FLAGS.distributed_auto:
+        failure.filter_fatal_stderr(ckpt_dir)  # jax's abort when the coordinator dies -> 1 line
     from seedjax.sharding.multihost import maybe_initialize
-    maybe_initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
-                     auto_detect=FLAGS.distributed_auto)
+    multi = maybe_initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
+                             auto_detect=FLAGS.distributed_auto,
+                             peer_timeout_s=FLAGS.peer_timeout_s)
+    guard.install()  # again: jax.distributed's preemption notifier may have taken SIGTERM
     import jax
     from seedjax.train.loop import NonFiniteLossError, Trainer
 
     try:
         trainer = Trainer(config, FLAGS.workdir, progress=FLAGS.progress)
         summary = trainer.run()
-    except ValueError as e:
-        fail(e)
-    except NonFiniteLossError as e:
-        fail(e, code=3)
+    except Exception as e:  # noqa: BLE001
+        if multi:  # a failed collective: a peer died; the watchdog names it and exits
+            failure.wait_if_peer_lost(e)
+        if isinstance(e, NonFiniteLossError):
+            fail(e, code=3)
+        if isinstance(e, ValueError):
+            fail(e)
+        raise
+    guard.phase = "wind-down (after the training loop)"
     if jax.process_index() != 0:
         return
     print(f"status: {summary['status']} at step {summary['step']} "

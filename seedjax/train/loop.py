@@ -31,7 +31,7 @@ from seedjax.sharding.mesh import make_mesh
 from seedjax.sharding.multihost import global_batch
 from seedjax.sharding.rules import get_rules, param_shardings
 from seedjax.train import flops as flops_lib
-from seedjax.train.checkpoint import Checkpointer, abstract_like
+from seedjax.train.checkpoint import Checkpointer, CorruptCheckpoint, abstract_like
 from seedjax.train.config_check import validate_config
 from seedjax.train.hardware import peak_flops_per_device
 from seedjax.train.hooks import Hook
@@ -94,8 +94,9 @@ class Trainer:
             max_val_batches=int(config.data.max_val_batches),
             process_index=jax.process_index(), process_count=jax.process_count())
         self.batch_spec = PartitionSpec(("data", "fsdp"))
+        # repair=True: a corrupt latest step is moved aside (never deleted), see checkpoint.py
         self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 max_to_keep=int(tc.get("keep_checkpoints", 2)))
+                                 max_to_keep=int(tc.get("keep_checkpoints", 2)), repair=True)
         self.writer = MetricWriter(workdir)
         self.hooks: list[Hook] = []
         self._stop_signal = False
@@ -121,16 +122,28 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             abstract_state = jax.eval_shape(self._fresh_state)
         self.state_shardings = state_shardings(abstract_state, self.mesh, self.p_shardings)
-        latest = self.ckpt.latest_step()
-        if latest is None:
-            with jax.set_mesh(self.mesh):
-                state = jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
-            return state, 0
         target = abstract_like(abstract_state, self.state_shardings)
-        state, data_state, _ = self.ckpt.restore(latest, target, self.param_shapes)
-        self.data.set_state(data_state)
-        log.info("resumed from step %d in %s", latest, self.ckpt.directory)
-        return state, latest
+        while True:  # newest step first; a corrupt one is moved aside and the next one tried
+            latest = self.ckpt.latest_step()
+            if latest is None:
+                break
+            try:
+                state, data_state, _ = self.ckpt.restore(latest, target, self.param_shapes,
+                                                         config=self.config.to_dict())
+            except CorruptCheckpoint as e:
+                self.ckpt.move_aside(e)
+                continue
+            self.data.set_state(data_state)
+            log.info("resumed from step %d in %s", latest, self.ckpt.directory)
+            return state, latest
+        if self.ckpt.corrupt_dirs():  # never silently restart a run whose checkpoints all failed
+            raise ValueError(
+                f"no usable checkpoint in {self.workdir}: every step failed verification and was "
+                f"moved aside ({', '.join(self.ckpt.corrupt_dirs())} in {self.ckpt.directory}); "
+                "inspect them, or use a new --workdir to start over")
+        with jax.set_mesh(self.mesh):
+            state = jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
+        return state, 0
 
     def _fresh_state(self):
         params = nnx.to_pure_dict(nnx.state(self.model_fn(), nnx.Param))

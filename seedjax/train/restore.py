@@ -26,6 +26,7 @@ def load_model(workdir: str, step: int | None = None) -> tuple[LM, ml_collection
     if step not in available:
         raise ValueError(f"step={step}: no checkpoint at step {step} in {ckpt_dir}; "
                          f"allowed: {available}")
+    ckpt.check(step)  # CorruptCheckpoint (a ValueError) naming the bad file
     config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
     model_cfg = LMConfig.from_dict(config.model)
     model_fn = lambda: LM(model_cfg, rngs=nnx.Rngs(0))
