@@ -21,6 +21,7 @@ setup(
         "matplotlib",
         "tensorboardX",
         "safetensors>=0.8.0",  # seedjax.convert (HF checkpoints)
+        "tokenizers>=0.23.3",  # HF tokenizer.json (experiments/generate_looped.py)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6"],

@@ -3,6 +3,7 @@
   python -m experiments.bench lm [--variants smoke,tiny,small] [--steps 5]
   python -m experiments.bench connections [--steps 5]
   python -m experiments.bench memory [--mem_d_model 512] [--mem_batches 1,4,16,64,256]
+  python -m experiments.bench looped [--looped_new_tokens 64]
 
 ``lm``: in one run, measures the machine's matmul peak (the MFU denominator on CPU; a vendor table
 on TPU/GPU) and, for each configs/lm.py variant, the jitted train-step time (median of --steps after
@@ -44,6 +45,8 @@ flags.DEFINE_list("mem_batches", ["1", "4", "16", "64", "256"],
 flags.DEFINE_integer("mem_rounds", 60, "memory: interleaved timing rounds (median reported).")
 flags.DEFINE_integer("mem_bandwidth_mb", 256, "memory: array size of the read-bandwidth probe.")
 flags.DEFINE_bool("mem_plot", True, "memory: write memory.png.")
+flags.DEFINE_integer("looped_new_tokens", 64, "looped: greedy tokens decoded per setting.")
+flags.DEFINE_integer("looped_repeats", 3, "looped: timed calls per setting (best reported).")
 
 
 def bench_lm_variant(variant: str, steps: int, peak: float) -> dict:
@@ -291,9 +294,14 @@ def _command(sub: str, prefix: str, *names: str) -> str:
 
 
 def main(argv):
-    if len(argv) < 2 or argv[1] not in ("lm", "connections", "memory"):
-        raise app.UsageError("usage: python -m experiments.bench {lm,connections,memory} "
+    if len(argv) < 2 or argv[1] not in ("lm", "connections", "memory", "looped"):
+        raise app.UsageError("usage: python -m experiments.bench {lm,connections,memory,looped} "
                              "[--variants ...]")
+    if argv[1] == "looped":
+        from experiments.bench_looped import bench_looped
+        bench_looped(FLAGS.out, new_tokens=FLAGS.looped_new_tokens,
+                     repeats=FLAGS.looped_repeats, command=_command("looped", "looped_", "out"))
+        return
     if argv[1] == "memory":
         bench_memory(d_model=FLAGS.mem_d_model, ffn_dim=FLAGS.mem_ffn_dim or None,
                      param_ratio=FLAGS.mem_param_ratio, moe_top_k=FLAGS.mem_moe_top_k,

@@ -8,12 +8,14 @@ import time
 
 
 def machine() -> dict:
-    """Devices, CPU count, versions and time of this run (recorded in every benchmark JSON)."""
+    """Devices, CPU count, load average (1/5/15 min), versions and time of this run (recorded in
+    every benchmark JSON)."""
     import jax
 
     from seedjax.train.loop import versions
     return {"devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "versions": versions(),
+            "cpu_count": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "machine": platform.machine(), "versions": versions(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

@@ -6,6 +6,8 @@ head_dim D. Scores and softmax are computed in float32.
 KV cache (for decoding): ``KVCache(k [B, S, K, D], v [B, S, K, D], index int32 [])`` where S is the
 cache length and ``index`` the number of positions already written. With a cache the layer writes
 its T new keys/values at ``index`` and attends to every written position <= the query position.
+An optional ``mask`` [B, S] (bool, True = may be attended) excludes key positions per row, e.g. the
+pad positions of a left-padded batch (the cache keeps it; it never changes while decoding).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class KVCache(NamedTuple):
     k: jax.Array      # [B, S, K, D]
     v: jax.Array      # [B, S, K, D]
     index: jax.Array  # int32 scalar: number of filled positions
+    mask: jax.Array | None = None  # optional bool [B, S]: key positions that may be attended
 
     @classmethod
     def zeros(cls, batch: int, length: int, kv_heads: int, head_dim: int, dtype=jnp.float32):
@@ -93,10 +96,12 @@ class CausalSelfAttention(nnx.Module):
             s = cache.k.shape[1]
             k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache.index, 0, 0))
             v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, cache.index, 0, 0))
-            new_cache = KVCache(k_all, v_all, cache.index + t)
+            new_cache = KVCache(k_all, v_all, cache.index + t, cache.mask)
             q_pos = cache.index + jnp.arange(t)
             k_pos = jnp.arange(s)
             valid = k_pos[None, :] <= q_pos[:, None]
+            if cache.mask is not None:  # [B, T, S]: causal and an attendable key
+                valid = valid[None] & cache.mask.astype(bool)[:, None, :]
             y = _attend(q, k_all.astype(dt), v_all.astype(dt), valid, groups)
         out = project(y, self.wo[...].astype(dt), in_dims=2)
         return constrain(out, ("batch", "length", "embed")), new_cache
@@ -119,13 +124,15 @@ def _attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, groups: int, chunk:
 
 
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, groups: int) -> jax.Array:
-    """q [B, T, H, D], k/v [B, S, K, D], valid [T, S] -> [B, T, H, D]; softmax in float32."""
+    """q [B, T, H, D], k/v [B, S, K, D], valid [T, S] or [B, T, S] -> [B, T, H, D]; softmax in
+    float32."""
     b, t, h, d = q.shape
     kh = k.shape[2]
     qg = q.reshape(b, t, kh, groups, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(d)
-    scores = jnp.where(valid[None, None, None], scores, jnp.finfo(jnp.float32).min)
+    valid = valid[:, None, None] if valid.ndim == 3 else valid[None, None, None]
+    scores = jnp.where(valid, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, d)

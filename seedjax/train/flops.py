@@ -4,6 +4,14 @@ Training FLOPs = 3 x forward matmul FLOPs (forward + 2x backward); causal attent
 counted half (2 * T * H * D per token per layer for QK^T and AV together); embedding gathers,
 norms and elementwise ops are not counted; remat recomputation is not counted (model FLOPs, not
 hardware FLOPs). Later modules (MoE, memory layers, connections) add their own terms here.
+
+Looped stacks (``model.stack="looped"``, Ouro): the shared blocks run T times (T = the configured
+``stack_kwargs.loops``), so every per-layer term (attention, FFN, memory units) is multiplied by
+T, and the exit gate adds 2 d FLOPs per loop (``exit_gate``). The head is counted T times too:
+the training objective calls ``model(inputs)`` with the default ``return_loop_logits=True``, which
+evaluates the head on every loop's state (the released exit rules and the Stage I loss read all
+loops' logits). Pass ``loops`` / ``head_calls`` to count another setting, e.g. decoding with
+early exit at an average of t loops: ``loops=t, head_calls=1``.
 """
 from __future__ import annotations
 
@@ -12,8 +20,34 @@ from seedjax.models.config import LMConfig
 from seedjax.models.registry import lookup
 
 
-def lm_forward_flops_per_token(cfg: LMConfig, seq_len: int) -> dict[str, float]:
-    """Forward FLOPs per token by component."""
+def _configured_loops(cfg: LMConfig) -> int:
+    if cfg.stack != "looped":
+        return 1
+    from seedjax.nn.looped import LoopConfig
+    return LoopConfig(**dict(cfg.stack_kwargs)).loops
+
+
+def lm_forward_flops_per_token(cfg: LMConfig, seq_len: int, *, loops: float | None = None,
+                               head_calls: float | None = None) -> dict[str, float]:
+    """Forward FLOPs per token by component. Looped stacks: per-layer terms x ``loops``
+    (default the configured T), head x ``head_calls`` (default T: every loop's logits, as the
+    training objective computes them), plus the exit gate per loop."""
+    looped = cfg.stack == "looped"
+    if not looped and (loops is not None or head_calls is not None):
+        raise ValueError(f"loops / head_calls need model.stack='looped' (got {cfg.stack!r})")
+    out = _single_pass_flops(cfg, seq_len)
+    if not looped:
+        return out
+    t = _configured_loops(cfg) if loops is None else loops
+    heads = t if head_calls is None else head_calls
+    out = {k: (v * heads if k == "head" else v * t) for k, v in out.items()}
+    if dict(cfg.stack_kwargs).get("exit_gate", True):
+        out["exit_gate"] = t * 2 * cfg.d_model
+    return out
+
+
+def _single_pass_flops(cfg: LMConfig, seq_len: int) -> dict[str, float]:
+    """One pass through the blocks and one head call."""
     d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.resolved_head_dim
     L = cfg.n_layers
     if cfg.mixer != "attention":
