@@ -369,7 +369,7 @@ def test_reproduce_table_gets_a_task_accuracy_section(smoke_runs, tmp_path):
     leaves other sweeps' tables unchanged (no section without task metrics)."""
     from experiments.reproduce import write_report
     res = smoke_runs.straight
-    write_report(str(tmp_path), [{"name": "dense"}], [res], "cmd", [0])
+    write_report(str(tmp_path), "cfg.py", [{"name": "dense"}], [res])
     table = open(tmp_path / "table.md").read()
     assert "| row | icl | mqar | multi_round |" in table
     assert f"| dense | {res['tasks']['icl']['token_acc']:.3f} (1) |" in table
@@ -377,13 +377,13 @@ def test_reproduce_table_gets_a_task_accuracy_section(smoke_runs, tmp_path):
     # a second row paired with the first on the same seed: accuracy difference per task
     better = {**res, "row": "wide", "tasks": {t: {**m, "token_acc": m["token_acc"] + 0.25}
                                               for t, m in res["tasks"].items()}}
-    write_report(str(tmp_path), [{"name": "dense"}, {"name": "wide"}], [res, better], "cmd", [0])
+    write_report(str(tmp_path), "cfg.py", [{"name": "dense"}, {"name": "wide"}], [res, better])
     table = open(tmp_path / "table.md").read()
     assert "Paired mqar token-accuracy differences" in table
-    assert "| wide | dense | 0 | +0.250 | +0.250 (1) | 0/1 |" in table
+    assert "| wide | dense | 0 | +0.250 | +0.250 (1) |  | 0/1 | one seed |" in table
     plain = {k: v for k, v in res.items() if k != "tasks"}
     os.remove(tmp_path / "tasks.png")
-    write_report(str(tmp_path), [{"name": "dense"}], [plain], "cmd", [0])
+    write_report(str(tmp_path), "cfg.py", [{"name": "dense"}], [plain])
     assert "memory-task" not in open(tmp_path / "table.md").read()
     assert not (tmp_path / "tasks.png").exists()
 

@@ -81,6 +81,19 @@ def test_killing_one_of_two_processes_ends_the_other_with_one_line(victim, tmp_p
         assert rc == 4
 
 
+def _wait_for_sigterm_handler(proc, timeout=120.0):
+    """Until ``proc`` has a SIGTERM handler (bit 15 of SigCgt in /proc/<pid>/status): the guard is
+    installed first thing in main(), after the imports."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        with open(f"/proc/{proc.pid}/status") as f:
+            caught = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the training process never installed its SIGTERM handler")
+
+
 def test_sigterm_during_startup_exits_cleanly(tmp_path, small_corpus):
     """SIGTERM before the first step, while the main thread is blocked in C++
     (jax.distributed.initialize waiting for an absent coordinator): exit 0 within seconds,
@@ -88,7 +101,8 @@ def test_sigterm_during_startup_exits_cleanly(tmp_path, small_corpus):
     proc = subprocess.Popen(_cmd(tmp_path / "run", small_corpus, _free_port(), 1), cwd=ROOT,
                             env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    time.sleep(4)  # imports; the guard is installed first thing in main()
+    _wait_for_sigterm_handler(proc)  # imports take seconds (more on a loaded machine)
+    time.sleep(2)  # into jax.distributed.initialize, which blocks on the absent coordinator
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)

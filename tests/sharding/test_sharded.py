@@ -62,8 +62,12 @@ def test_sharded_training_equals_unsharded(mesh_shape, rules, scan):
     ref_losses, ref_params, _, _ = _run({"data": 1}, "dp", scan=scan)
     losses, params, state, mesh = _run(mesh_shape, rules, scan=scan)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    # Adam divides by sqrt(v): on a gradient near zero a reduction-order difference of a few ulps
+    # moves that parameter by a visible fraction of lr (3e-3) per step, and how far depends on
+    # the host CPU's vector code (seen: 3.9e-5 on one of 8192 elements on one machine, < 2e-5
+    # on another), so parameters agree to lr / 30; the losses above agree to 1e-5
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-        np.testing.assert_allclose(a, b, atol=2e-5)
+        np.testing.assert_allclose(a, b, atol=1e-4)
     if "model" in mesh_shape:  # parameters really are split over the model axis
         layer = state["params"]["layers"]
         wq = layer["stacked"]["attn"]["wq"] if scan else layer["blocks"][0]["attn"]["wq"]
