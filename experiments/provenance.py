@@ -16,7 +16,6 @@ import subprocess
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain")
 
 
 def _git(*args: str) -> str:
@@ -28,15 +27,10 @@ def _git(*args: str) -> str:
 
 
 def package_versions() -> dict:
-    """Python and the pinned stack's versions as installed now."""
-    import importlib.metadata
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    """Python and the pinned stack's versions as installed now (``seedjax.train.loop.versions``
+    without the platform string, which ``machine`` covers)."""
+    from seedjax.train.loop import versions
+    return {k: v for k, v in versions().items() if k != "platform"}
 
 
 def machine() -> str:
