@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import time
 
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from experiments.bench_common import machine as _machine
 from experiments.bench_common import median_time as _median_time
 from experiments.bench_common import write_result as _write
@@ -293,10 +294,45 @@ def _command(sub: str, prefix: str, *names: str) -> str:
     return " ".join(["python -m experiments.bench", sub, *set_flags])
 
 
+SUBCOMMANDS = ("lm", "connections", "memory", "looped")
+
+
+def check_flags(sub: str) -> dict:
+    """The flags of subcommand ``sub`` (ValueError naming the first bad one); returns the
+    memory benchmark's design for ``memory`` (solved here, so an impossible shape fails at once)."""
+    from seedjax.validation import check_choice, check_int
+    if sub in ("lm", "connections"):
+        check_int("--steps", FLAGS.steps)
+    if sub == "lm":
+        from configs.lm import VARIANTS
+        variants = [v for v in FLAGS.variants.split(",") if v]
+        if not variants:
+            raise ValueError(f"--variants is empty; allowed: {VARIANTS}")
+        for v in variants:
+            check_choice("--variants", v, VARIANTS)
+    if sub == "looped":
+        check_int("--looped_new_tokens", FLAGS.looped_new_tokens)
+        check_int("--looped_repeats", FLAGS.looped_repeats)
+    if sub != "memory":
+        return {}
+    cli.int_list("--mem_batches", FLAGS.mem_batches, minimum=1)
+    for name in ("mem_d_model", "mem_moe_top_k", "mem_v2_topk", "mem_v1_topk", "mem_rounds",
+                 "mem_bandwidth_mb"):
+        check_int(f"--{name}", FLAGS[name].value)
+    check_int("--mem_ffn_dim", FLAGS.mem_ffn_dim, minimum=0)
+    if not FLAGS.mem_param_ratio > 0:
+        raise ValueError(f"--mem_param_ratio={FLAGS.mem_param_ratio} must be > 0")
+    return design_memory_bench(FLAGS.mem_d_model, FLAGS.mem_ffn_dim or None,
+                               FLAGS.mem_param_ratio, FLAGS.mem_moe_top_k, FLAGS.mem_v2_topk,
+                               FLAGS.mem_v1_topk)
+
+
 def main(argv):
-    if len(argv) < 2 or argv[1] not in ("lm", "connections", "memory", "looped"):
-        raise app.UsageError("usage: python -m experiments.bench {lm,connections,memory,looped} "
-                             "[--variants ...]")
+    with cli.expected_errors():
+        if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
+            raise ValueError(f"subcommand {' '.join(argv[1:]) or '(none)'}: give one of "
+                             f"{SUBCOMMANDS}, e.g. python -m experiments.bench lm")
+        design = check_flags(argv[1])
     if argv[1] == "looped":
         from experiments.bench_looped import bench_looped
         bench_looped(FLAGS.out, new_tokens=FLAGS.looped_new_tokens,
@@ -308,7 +344,7 @@ def main(argv):
                      v2_topk=FLAGS.mem_v2_topk, v1_topk=FLAGS.mem_v1_topk,
                      batches=[int(x) for x in FLAGS.mem_batches], rounds=FLAGS.mem_rounds,
                      bandwidth_mb=FLAGS.mem_bandwidth_mb, out_dir=FLAGS.out, plot=FLAGS.mem_plot,
-                     command=_command("memory", "mem_", "out"))
+                     command=_command("memory", "mem_", "out"), design=design)
         return
     if argv[1] == "connections":
         bench_connections(FLAGS.steps, FLAGS.out)
@@ -318,4 +354,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, positional=True)

@@ -247,7 +247,8 @@ def _observed_touched(models, design, pools):
 
 def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2_topk=32,
                  v1_topk=16, batches=(1, 4, 16, 64, 256), rounds=60, pool=8,
-                 bandwidth_mb=256, out_dir="results/bench", plot=True, command=None) -> dict:
+                 bandwidth_mb=256, out_dir="results/bench", plot=True, command=None,
+                 design=None) -> dict:
     """Times one forward call ("decode step", x [B, 1, d]) of the four ``design_memory_bench``
     layers for each B, beside the cost model's weight bytes and FLOPs per step.
 
@@ -255,7 +256,8 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
     layer once per B, the layer order rotating between rounds (interleaved, so machine drift
     and background load hit all layers alike); the median per (layer, B) is reported. Inputs
     cycle through ``pool`` distinct random batches (the B-token batch is the first B tokens of
-    a pool entry) so consecutive steps route to different experts / rows."""
+    a pool entry) so consecutive steps route to different experts / rows. ``design``: these
+    arguments' ``design_memory_bench``, if already solved."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -265,7 +267,8 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
     dtype = jnp.float32
     bpp = jnp.dtype(dtype).itemsize
     batches = sorted({int(b) for b in batches})
-    design = design_memory_bench(d_model, ffn_dim, param_ratio, moe_top_k, v2_topk, v1_topk)
+    design = design or design_memory_bench(d_model, ffn_dim, param_ratio, moe_top_k, v2_topk,
+                                           v1_topk)
     costs = memory_cost_objects(design)
     load_start = os.getloadavg()
     peak = measure_matmul_peak(1024, repeats=5)

@@ -27,22 +27,29 @@ import re
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("chips", ["v5e", "v5p"], "TPU generations (4-chip slices): v5e, v5p.")
-flags.DEFINE_list("schemes", ["gspmd", "psum", "all_to_all", "psum_pallas"],
-                  "lookup schemes: psum, all_to_all (seedjax.ops.sharded_lookup; XLA gathers), "
-                  "psum_pallas (psum with the Pallas TPU kernels: embedding_bag / row_dot on "
-                  "each chip's rows, Tucker retrieval per token shard) and gspmd (the control: "
-                  "plain gathers, table_sharding=None, partitioned by XLA).")
-flags.DEFINE_float("capacity_factor", 2.0,
-                   "also compile all_to_all with this capacity factor (0: skip that row).")
-flags.DEFINE_bool("tiny", False, "tiny shapes (the test): d 64, knum 16, Dk 32, Dv 32, Dp 16, "
-                  "top-m 8, batch 4 x 32 tokens.")
-flags.DEFINE_integer("batch", 4, "sequences per step (global; sharded over the 4 chips).")
-flags.DEFINE_integer("seq", 2048, "tokens per sequence.")
-flags.DEFINE_string("out", "results/kernels/ultramem_v2_sharded_compile.md", "markdown output.")
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a script (no global flags on import)."""
+    flags.DEFINE_list("chips", ["v5e", "v5p"], "TPU generations (4-chip slices): v5e, v5p.")
+    flags.DEFINE_list("schemes", ["gspmd", "psum", "all_to_all", "psum_pallas"],
+                      "lookup schemes: psum, all_to_all (seedjax.ops.sharded_lookup; XLA "
+                      "gathers), psum_pallas (psum with the Pallas TPU kernels: embedding_bag / "
+                      "row_dot on each chip's rows, Tucker retrieval per token shard) and gspmd "
+                      "(the control: plain gathers, table_sharding=None, partitioned by XLA).")
+    flags.DEFINE_float("capacity_factor", 2.0,
+                       "also compile all_to_all with this capacity factor (0: skip that row).")
+    flags.DEFINE_bool("tiny", False, "tiny shapes (the test): d 64, knum 16, Dk 32, Dv 32, "
+                      "Dp 16, top-m 8, batch 4 x 32 tokens.")
+    flags.DEFINE_integer("batch", 4, "sequences per step (global; sharded over the 4 chips).")
+    flags.DEFINE_integer("seq", 2048, "tokens per sequence.")
+    flags.DEFINE_string("out", "results/kernels/ultramem_v2_sharded_compile.md",
+                        "markdown output.")
 
 TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1"}
 N_CHIPS = 4
@@ -250,14 +257,25 @@ def render(rows: list[dict], *, tiny: bool, batch: int, seq: int, argv: list[str
 
 def main(argv):
     del argv
-    if "JAX_PLATFORMS" in os.environ and "tpu" not in os.environ["JAX_PLATFORMS"]:
-        raise SystemExit("compile_check: unset JAX_PLATFORMS (it hides the TPU topology)")
-    for sc in FLAGS.schemes:
-        if sc not in SCHEMES:
-            raise SystemExit(f"--schemes: {sc!r} unknown; allowed: {sorted(SCHEMES)}")
-    for ch in FLAGS.chips:
-        if ch not in TOPOLOGIES:
-            raise SystemExit(f"--chips: {ch!r} unknown; allowed: {sorted(TOPOLOGIES)}")
+    from seedjax.validation import check_choice, check_int
+    with cli.expected_errors():  # the flags first, then the environment
+        for flag, names, allowed in (("--schemes", FLAGS.schemes, SCHEMES),
+                                     ("--chips", FLAGS.chips, TOPOLOGIES)):
+            if not names:
+                raise ValueError(f"{flag} is empty; allowed: {sorted(allowed)}")
+            for name in names:
+                check_choice(flag, name, tuple(sorted(allowed)))
+        if not FLAGS.tiny:
+            check_int("--seq", FLAGS.seq)
+            if check_int("--batch", FLAGS.batch) % N_CHIPS:
+                raise ValueError(f"--batch={FLAGS.batch} must be a multiple of {N_CHIPS} (the "
+                                 "batch is sharded over the chips)")
+        if FLAGS.capacity_factor < 0:
+            raise ValueError(f"--capacity_factor={FLAGS.capacity_factor} must be >= 0 "
+                             "(0: skip that row)")
+        if "JAX_PLATFORMS" in os.environ and "tpu" not in os.environ["JAX_PLATFORMS"]:
+            raise ValueError(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']!r} hides the TPU "
+                             "topology: unset it (or include tpu)")
     batch, seq = (4, 32) if FLAGS.tiny else (FLAGS.batch, FLAGS.seq)
     arms = [(s, None) for s in FLAGS.schemes]
     if "all_to_all" in FLAGS.schemes and FLAGS.capacity_factor > 0:
@@ -280,4 +298,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

@@ -11,15 +11,20 @@ embeddings and the KV cache excluded).
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from seedjax.train.memory_cost import V2_TABLE4_TOTAL_FLOPS_PER_LAYER, v2_table4, worked_227m_models
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", "v2_table4", ["v2_table4", "worked_227m"], "Which table to print.")
-flags.DEFINE_float("bytes_per_param", 2.0, "Bytes per weight for memory access (2 = bf16).")
-flags.DEFINE_list("batches", ["1", "8", "64", "512", "4096"],
-                  "Decode batch sizes (tokens per step) for worked_227m.")
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a script (no global flags on import)."""
+    flags.DEFINE_enum("preset", "v2_table4", ["v2_table4", "worked_227m"], "Which table to print.")
+    flags.DEFINE_float("bytes_per_param", 2.0, "Bytes per weight for memory access (2 = bf16).")
+    flags.DEFINE_list("batches", ["1", "8", "64", "512", "4096"],
+                      "Decode batch sizes (tokens per step) for worked_227m.")
 
 
 def v2_table4_markdown() -> list[str]:
@@ -46,12 +51,16 @@ def worked_227m_markdown(batches, bytes_per_param) -> list[str]:
 
 def main(argv):
     del argv
+    with cli.expected_errors():
+        batches = cli.int_list("--batches", FLAGS.batches, minimum=1)
+        if not FLAGS.bytes_per_param > 0:
+            raise ValueError(f"--bytes_per_param={FLAGS.bytes_per_param} must be > 0")
     if FLAGS.preset == "v2_table4":
         md = v2_table4_markdown()
     else:
-        md = worked_227m_markdown([int(b) for b in FLAGS.batches], FLAGS.bytes_per_param)
+        md = worked_227m_markdown(batches, FLAGS.bytes_per_param)
     print("\n".join(md))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

@@ -14,8 +14,9 @@ Reads the ``<row>__s<seed>.json`` files ``experiments.reproduce`` writes (their 
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from experiments.run_results import load_results
 from experiments.seed_stats import mean_std_text, seed_stats
 from seedjax.validation import check_choice
@@ -81,9 +82,10 @@ def define_flags() -> None:
 def main(argv):
     del argv
     f = flags.FLAGS
-    print(crossing_table(load_runs(f.runs), f.threshold, f.curve, f.rows or None), end="")
+    with cli.expected_errors():  # --runs without results, unknown --rows
+        table = crossing_table(load_runs(f.runs), f.threshold, f.curve, f.rows or None)
+    print(table, end="")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +40,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_tokens", 2048, "Token subsample for the per-token ('products') "
                          "unfolding and gains.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: latest of each run).")
+    flags.mark_flags_as_required(["workdirs", "out"])
 
 
 def jsonable(x):
@@ -169,17 +171,14 @@ def summary_lines(result: dict) -> list[str]:
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
-    try:
+    from seedjax.validation import check_int
+    with cli.expected_errors():  # flags, workdirs, checkpoint step
+        check_int("--max_tokens", FLAGS.max_tokens)
         result = run(FLAGS.workdirs, FLAGS.names, FLAGS.out, FLAGS.batches, FLAGS.max_tokens,
                      FLAGS.step)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print("\n".join(summary_lines(result)))
     print(f"wrote {os.path.join(FLAGS.out, 'diagnostics.json')} and PNGs to {FLAGS.out}")
 
 
 if __name__ == "__main__":
-    define_flags()
-    flags.mark_flags_as_required(["workdirs", "out"])
-    app.run(main)
+    cli.run(main, define_flags)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 
+from experiments import cli
 from experiments.diagnose_connections import jsonable, val_token_batches
 
 FLAGS = flags.FLAGS
@@ -107,15 +107,11 @@ def summary_lines(result: dict) -> list[str]:
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
-    try:
+    with cli.expected_errors():  # flags, workdir, checkpoint step, a model without memory
         result = run(FLAGS.workdir, FLAGS.out, FLAGS.batches, FLAGS.step, FLAGS.progress)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print("\n".join(summary_lines(result)))
     print(f"wrote memory_diagnostics.json/.md, slot_counts.npz and PNGs to {result['out']}")
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    cli.run(main, _define_flags)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -26,6 +28,7 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "Output directory.")
     flags.DEFINE_integer("batches", 4, "Validation batches per run.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: latest of each run).")
+    flags.mark_flags_as_required(["workdirs", "out"])
 
 
 def run(workdirs: list[str], names: list[str] | None, out: str, batches: int = 4,
@@ -58,9 +61,8 @@ def run(workdirs: list[str], names: list[str] | None, out: str, batches: int = 4
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)
-    if not FLAGS.workdirs or not FLAGS.out:
-        raise app.UsageError("--workdirs and --out are required")
-    result = run(FLAGS.workdirs, FLAGS.names, FLAGS.out, FLAGS.batches, FLAGS.step)
+    with cli.expected_errors():  # flags, workdirs, checkpoint step
+        result = run(FLAGS.workdirs, FLAGS.names, FLAGS.out, FLAGS.batches, FLAGS.step)
     for name, r in result["runs"].items():
         sat = max(s["saturated"] for s in r["sites"])
         print(f"{name}: step {r['step']}, {len(r['sites'])} SeeDNorm sites, max saturated "
@@ -69,5 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

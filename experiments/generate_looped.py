@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 POLICIES = ["full_per_depth", "last_available", "final_exit_shared"]
@@ -180,20 +182,14 @@ def main_with(f) -> dict:
     """The CLI on parsed flag values ``f``: expected errors print one ``error:`` line and exit
     2; prints the report and returns the result dict."""
     absl_logging.set_verbosity(absl_logging.WARNING)
-    from experiments.cli import fail
-    try:
+    with cli.expected_errors():  # flags first, then checkpoint, tokenizer, exit rule vs model
         check_flags(f)
-    except ValueError as e:
-        fail(e)
-    try:
         model = load(f.checkpoint, f.workdir, f.step, f.dtype)
         tokenizer = HFTokenizer(f.tokenizer) if f.tokenizer else BytesTokenizer()
         result = run(model, tokenizer, f.prompt, f.max_new_tokens, loops=f.loops,
                      exit_at_step=f.exit_at_step, exit_threshold=f.exit_threshold,
                      weighted_exit=f.weighted_exit or None, kv_policy=f.kv_policy,
                      temperature=f.temperature, top_p=f.top_p, seed=f.seed)
-    except ValueError as e:
-        fail(e)
     print(report(result))
     if f.json_out:
         with open(f.json_out, "w") as fh:
@@ -207,6 +203,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from experiments.cli import parse_flags
-    define_flags()
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, define_flags)

@@ -17,18 +17,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():  # at __main__ only, so importing run() defines no global flags
-    config_flags.DEFINE_config_file("config", None, "Config file[:variant] (its data.source and "
-                                    "task_eval); default: the run's saved config.")
+    flags.DEFINE_string("config", None, "Config file[:variant] (its data.source and task_eval; "
+                        "override fields with --config.<section>.<field>=<value>); default: the "
+                        "run's saved config.")
     flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.")
     flags.DEFINE_string("tasks", "", "Comma-separated tasks (default: those of data.source, "
                         "or all).")
@@ -76,17 +77,26 @@ def run(workdir: str, config=None, *, tasks: str = "", episodes: int | None = No
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
-    try:
-        res = run(FLAGS.workdir, FLAGS.config, tasks=FLAGS.tasks, episodes=FLAGS.episodes,
+    from experiments.overrides import load_config
+    from seedjax.eval.task_scoring import TASKS
+    from seedjax.validation import check_choice, check_int
+    with cli.expected_errors():  # flags and config first, then workdir and checkpoint step
+        if cli.CONFIG_OVERRIDES and not FLAGS.config:
+            raise ValueError(f"--config.{cli.CONFIG_OVERRIDES[0][0]} needs --config")
+        config = load_config(FLAGS.config, cli.CONFIG_OVERRIDES) if FLAGS.config else None
+        for name in (t for t in FLAGS.tasks.split(",") if t):
+            check_choice("--tasks", name, tuple(TASKS))
+        for flag in ("episodes", "batch_size"):
+            if getattr(FLAGS, flag) is not None:
+                check_int(f"--{flag}", getattr(FLAGS, flag))
+        if FLAGS.seed is not None:
+            check_int("--seed", FLAGS.seed, minimum=0)
+        res = run(FLAGS.workdir, config, tasks=FLAGS.tasks, episodes=FLAGS.episodes,
                   seed=FLAGS.seed, batch_size=FLAGS.batch_size, step=FLAGS.step, out=FLAGS.out,
                   progress=FLAGS.progress)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"[checkpoint step {res['step']}, {res['episodes']} episodes per task]\n{res['table']}")
     print(f"wrote {res['out']}")
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    cli.run(main, _define_flags, config_overrides=True)

@@ -29,10 +29,10 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 
-from experiments import provenance
+from experiments import cli, provenance
 from experiments.overrides import apply_overrides
 from experiments.paired_diffs import paired_table, validate_references
 from experiments.run_results import load_results, result_path
@@ -53,15 +53,20 @@ def define_flags() -> None:
     flags.DEFINE_string("workroot", "runs/reproduce", "Where the runs' checkpoints go.")
     flags.DEFINE_bool("dry_run", False, "List the runs and exit.")
     flags.DEFINE_bool("report_only", False, "Only rebuild the table and plots from finished runs.")
+    flags.mark_flags_as_required(["config", "out"])
 
 
 def load_config_module(spec: str):
     path, _, variant = spec.partition(":")
-    if not os.path.exists(path):
-        raise ValueError(f"--config file {path!r} does not exist")
+    if not path.endswith(".py") or not os.path.isfile(path):
+        raise ValueError(f"no config file {path!r}; expected a Python file[:variant] with "
+                         "get_config and get_sweep, e.g. configs/papers/seednorm.py:cpu")
     mod_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
     module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    try:
+        mod_spec.loader.exec_module(module)
+    except (SyntaxError, ImportError) as e:
+        raise ValueError(f"cannot load {path}: {e}") from e
     for fn in ("get_config", "get_sweep"):
         if not hasattr(module, fn):
             raise ValueError(f"{path} must define {fn}(variant)")
@@ -325,16 +330,18 @@ def page_text(out: str, config: str) -> str:
 def main(argv):
     del argv  # the flags are in FLAGS; provenance reads sys.argv
     absl_logging.set_verbosity(absl_logging.WARNING)
-    sw = load_sweep(FLAGS.config)
+    with cli.expected_errors(f"--config={FLAGS.config}"):
+        sw = load_sweep(FLAGS.config)
     base, series = sw["base"], sw["series"]
     rows = all_rows = sw["rows"]
     if FLAGS.rows:
         wanted = FLAGS.rows.split(",")
         unknown = sorted(set(wanted) - {r["name"] for r in rows})
         if unknown:
-            raise app.UsageError(f"--rows {unknown} unknown; rows: {[r['name'] for r in rows]}")
+            cli.fail(f"--rows {unknown} unknown; rows: {[r['name'] for r in rows]}")
         rows = [r for r in rows if r["name"] in wanted]
-    seeds = [int(s) for s in FLAGS.seeds.split(",") if s]
+    with cli.expected_errors():
+        seeds = cli.int_list("--seeds", FLAGS.seeds)
     paper = workdir_name(FLAGS.config)
     run_dir = os.path.join(FLAGS.out, "runs")
     os.makedirs(run_dir, exist_ok=True)
@@ -368,6 +375,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    flags.mark_flags_as_required(["config", "out"])
-    app.run(main)
+    cli.run(main, define_flags)
