@@ -1,7 +1,7 @@
 """Memory-intensive synthetic tasks, proxies for UltraMemV2 Table 2's long-context memorisation,
 multi-round memorisation and in-context-learning suites: a small byte-level LM trained on
 episodes of MQAR, multi-round recall and/or in-context learning of a random bijection
-(``seedjax.eval.memory_tasks``; ``data.source`` syntax in ``seedjax.data.synthetic``), then
+(``seedjax.data.memory_tasks``; ``data.source`` syntax in ``seedjax.data.synthetic``), then
 scored by teacher-forced greedy accuracy on held-out episodes.
 
 Variants (all use the configs/papers/common.py model, d=128 and 6 layers, in 64-token windows):
@@ -57,8 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 from configs.papers.common import base_config, row  # noqa: E402
 from seedjax.data.synthetic import format_task_source  # noqa: E402
 
-# The CPU task sizes (fields of seedjax.eval.memory_tasks.TASKS[name]): 50, 50 and 52 tokens, each
-# fits seq 64; keys and values are one character. Every CPU variant takes its tasks from here.
+# The CPU task sizes (fields of seedjax.data.memory_tasks.MEMORY_TASKS[name]): 50, 50 and 52
+# tokens, each fits seq 64; keys and values are one character. Every CPU variant takes its tasks
+# from here.
 CPU_TASKS = {
     "mqar": dict(n_pairs=6, n_queries=6, key_len=1, value_len=1),
     "multi_round": dict(n_rounds=4, facts_per_round=2, name_len=1, value_len=1),

@@ -16,7 +16,10 @@ window never cuts an episode).
 
 Every batch is a dict of ``int32`` arrays
 ``{"inputs": [B_local, T], "targets": [B_local, T]}`` with
-``B_local = batch_size // process_count`` (``batch_size`` is global).
+``B_local = batch_size // process_count`` (``batch_size`` is global). A
+``task:`` source with answer-only tasks (``mano``, ``multihop``) adds
+``"mask": float32 [B_local, T]`` (1 where ``targets`` is trained on; the
+window ``stream_mask[w*T + 1 : w*T + T + 1]``).
 
 Order and sharding
 ------------------
@@ -67,19 +70,25 @@ _STATE_VERSION = 1
 class _WindowBatcher:
     """Maps a 1-D array of window ids to an ``int32`` inputs/targets batch."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, rows: slice = slice(None)):
+    def __init__(self, tokens: np.ndarray, seq_len: int, rows: slice = slice(None),
+                 mask: np.ndarray | None = None):
         self.tokens = tokens
         self.seq_len = seq_len
         self.rows = rows  # this process's rows of a global batch of window ids
+        self.mask = mask  # loss mask stream aligned with ``tokens``, or None
         self._offsets = np.arange(seq_len + 1, dtype=np.int64)
 
     def __call__(self, window_ids) -> dict:
         starts = np.asarray(window_ids, dtype=np.int64)[self.rows] * self.seq_len
-        rows = self.tokens[starts[:, None] + self._offsets].astype(np.int32)
-        return {
+        idx = starts[:, None] + self._offsets
+        rows = self.tokens[idx].astype(np.int32)
+        batch = {
             "inputs": np.ascontiguousarray(rows[:, :-1]),
             "targets": np.ascontiguousarray(rows[:, 1:]),
         }
+        if self.mask is not None:
+            batch["mask"] = self.mask[idx[:, 1:]].astype(np.float32)
+        return batch
 
 
 def _shuffle_seed(seed: int) -> int:
@@ -202,8 +211,9 @@ def build_lm_data(*, source: str = "stdlib", seq_len: int, batch_size: int,
     local_bs = batch_size // process_count
 
     tokenizer = ByteTokenizer()
+    train_mask = val_mask = None
     if is_task_source(source):
-        corpus, train_tok, val_tok = task_streams(
+        corpus, train_tok, val_tok, train_mask, val_mask = task_streams(
             source, seq_len=seq_len, seed=seed, val_fraction=val_fraction, tokenizer=tokenizer)
     else:
         corpus = get_corpus(source, val_fraction)
@@ -228,7 +238,7 @@ def build_lm_data(*, source: str = "stdlib", seq_len: int, batch_size: int,
         .shuffle(seed=_shuffle_seed(seed))
         .repeat()
         .batch(batch_size, drop_remainder=True)
-        .map(_WindowBatcher(train_tok, seq_len, rows))
+        .map(_WindowBatcher(train_tok, seq_len, rows, train_mask))
     )
     iter_ds = train_ds.to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
@@ -250,7 +260,7 @@ def build_lm_data(*, source: str = "stdlib", seq_len: int, batch_size: int,
     n_pick = n_val_batches * batch_size
     spread = (np.arange(n_pick) * n_val) // n_pick  # evenly over the val stream
     val_ids = spread.reshape(n_val_batches, batch_size)[:, rows]
-    val_batcher = _WindowBatcher(val_tok, seq_len)
+    val_batcher = _WindowBatcher(val_tok, seq_len, mask=val_mask)
     val_batches = [val_batcher(ids) for ids in val_ids]
 
     fingerprint = {

@@ -16,8 +16,9 @@ import pytest
 from flax import nnx
 
 from seedjax.data import ByteTokenizer, build_lm_data
-from seedjax.data.synthetic import format_task_source, parse_task_source, task_streams
-from seedjax.eval import memory_tasks as mt
+from seedjax.data import memory_tasks as mt
+from seedjax.data.episodes import generate_episodes
+from seedjax.data.synthetic import format_task_source, make_task, parse_task_source, task_streams
 from seedjax.eval import task_scoring as ts
 
 CFGS = {
@@ -72,7 +73,7 @@ def test_oracle_scores_100_uniform_guess_scores_chance_and_masks_are_exact(name)
     queries and query_id numbers the queries 0..Q-1; guessing uniformly over the answer
     alphabet scores ~chance."""
     cfg = CFGS[name]
-    eps = mt.generate_episodes(cfg, 120, seed=0)
+    eps = generate_episodes(cfg, 120, seed=0)
     rng = np.random.default_rng(0)
     guess_hits, guess_n, n_scored = 0, 0, 0
     for i in range(len(eps["tokens"])):
@@ -102,7 +103,7 @@ def test_icl_mapping_is_a_bijection_and_unseen_queries_are_withheld():
     n_symbols letters (a bijection); control queries ask exactly the withheld symbols' images,
     which are distinct from every demonstrated output."""
     cfg = CFGS["icl"]
-    eps = mt.generate_episodes(cfg, 100, seed=3)
+    eps = generate_episodes(cfg, 100, seed=3)
     for row in eps["tokens"]:
         text = ByteTokenizer().decode(row)
         pairs = re.findall(r"([A-Z])->([A-Z])", text)
@@ -123,12 +124,12 @@ def test_generators_deterministic_per_seed_split_and_prefix(name):
     """Same (seed, split) -> identical episodes; another seed or split -> different ones; the
     first k of n episodes do not depend on n."""
     cfg = CFGS[name]
-    a = mt.generate_episodes(cfg, 6, seed=0)
-    b = mt.generate_episodes(cfg, 6, seed=0)
+    a = generate_episodes(cfg, 6, seed=0)
+    b = generate_episodes(cfg, 6, seed=0)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
-    np.testing.assert_array_equal(mt.generate_episodes(cfg, 3, seed=0)["tokens"], a["tokens"][:3])
-    for other in (mt.generate_episodes(cfg, 6, seed=1), mt.generate_episodes(cfg, 6, 0, "val")):
+    np.testing.assert_array_equal(generate_episodes(cfg, 3, seed=0)["tokens"], a["tokens"][:3])
+    for other in (generate_episodes(cfg, 6, seed=1), generate_episodes(cfg, 6, 0, "val")):
         assert (other["tokens"] != a["tokens"]).any(axis=1).all()
 
 
@@ -138,7 +139,7 @@ def test_episode_length_fit_and_scaling(name):
     ValueError naming the size field when seq_len is one token short; scaled_to(L) returns the
     largest size field that fits L."""
     cfg = CFGS[name]
-    toks = mt.generate_episodes(cfg, 5, seed=0)["tokens"]
+    toks = generate_episodes(cfg, 5, seed=0)["tokens"]
     assert toks.shape == (5, cfg.length) and toks.dtype == np.int32
     assert ((toks >= 32) & (toks < 127) | (toks == 10)).all()
     cfg.check_fits(cfg.length)
@@ -160,8 +161,8 @@ def test_episode_length_fit_and_scaling(name):
     (lambda: mt.MultiRoundConfig(facts_per_round=1), "multi_round.facts_per_round"),
     (lambda: mt.ICLConfig(n_symbols=8, n_unseen=2, n_demos=5), "icl.n_demos"),
     (lambda: mt.ICLConfig(n_unseen=2, n_unseen_queries=2), "icl.n_unseen_queries"),
-    (lambda: mt.make_task("mqar", pairs=3), "mqar field"),
-    (lambda: mt.make_task("copy"), "task"),
+    (lambda: make_task("mqar", pairs=3), "mqar field"),
+    (lambda: make_task("copy"), "task"),
 ])
 def test_invalid_config_raises_naming_the_field(make, field):
     """Out-of-range or unknown fields raise ValueError naming the field (and what is allowed)."""
@@ -177,7 +178,7 @@ def test_multi_round_questions_are_not_a_fixed_offset_copy():
     now a ValueError.)"""
     cfg = mt.MultiRoundConfig(n_rounds=4, facts_per_round=2, name_len=1, value_len=1)
     lags, slots = set(), set()
-    for ep in mt.generate_episodes(cfg, 64, seed=0, split="test")["tokens"]:
+    for ep in generate_episodes(cfg, 64, seed=0, split="test")["tokens"]:
         lines = ByteTokenizer().decode(ep).split("\n")[:-1]
         stated = [line.partition(" ? ")[0].split(" ") for line in lines]
         for r, line in enumerate(lines):
@@ -238,7 +239,7 @@ def test_real_lm_hits_are_argmax_of_the_forward_and_padding_does_not_change_them
     model_fn = lambda: LM(LMConfig(d_model=32, n_layers=1, n_heads=2, mlp_dim=64,
                                    max_seq_len=96), rngs=nnx.Rngs(0))
     model = model_def(abstract_model(model_fn)).merge(init_params(model_fn))  # jitted init
-    toks = mt.generate_episodes(CFGS["mqar"], 5, seed=0)["tokens"]
+    toks = generate_episodes(CFGS["mqar"], 5, seed=0)["tokens"]
     logits = jax.jit(lambda t: model(t).logits)(jnp.asarray(toks))
     ref = np.argmax(np.asarray(logits), -1)[:, :-1] == toks[:, 1:]
     hits = ts.greedy_hits(model, toks, batch_size=2, pad_to=90)  # 3 batches, last ragged
@@ -282,11 +283,11 @@ def test_task_stream_blocks_are_whole_valid_episodes_and_splits_are_disjoint():
     val share no episode."""
     src = format_task_source(CFGS, blocks=40)
     kw = dict(seq_len=160, val_fraction=0.25, tokenizer=ByteTokenizer())
-    corpus, train, val = task_streams(src, seed=0, **kw)
+    corpus, train, val, train_mask, _ = task_streams(src, seed=0, **kw)
     assert len(train) == 40 * 160 + 1 and len(val) == 10 * 160 + 1
-    assert corpus.description["split_rule"] == "task"
-    _, train2, _ = task_streams(src, seed=0, **kw)
-    _, train3, _ = task_streams(src, seed=1, **kw)
+    assert corpus.description["split_rule"] == "task" and train_mask is None
+    train2 = task_streams(src, seed=0, **kw).train
+    train3 = task_streams(src, seed=1, **kw).train
     np.testing.assert_array_equal(train, train2)
     assert (train != train3).any()
     by_len = {c.length: (n, c) for n, c in CFGS.items()}
@@ -415,7 +416,7 @@ def test_facts_world_is_fixed_across_splits_and_answers_follow_it():
     world = cfg.world()
     assert len(world) == 300
     for split, seed in (("train", 0), ("test", 5), ("val", 1)):
-        eps = mt.generate_episodes(cfg, 20, seed=seed, split=split)
+        eps = generate_episodes(cfg, 20, seed=seed, split=split)
         assert eps["tokens"].shape == (20, cfg.length)
         for row, mask in zip(eps["tokens"], eps["answer_mask"]):
             text = ByteTokenizer().decode(row)

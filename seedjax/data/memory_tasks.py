@@ -6,7 +6,7 @@ ASCII, so ``ByteTokenizer().decode(ep.tokens)`` is readable, and in the first th
 answer is recoverable from the episode's own earlier text (``facts`` is the exception: its
 answers are a fixed world the model must memorise in training).
 
-Tasks (``TASKS``: name -> frozen config dataclass; examples with small sizes):
+Tasks (``MEMORY_TASKS``: name -> frozen config dataclass; examples with small sizes):
 
 * ``mqar`` (``MQARConfig``) -- multi-query associative recall; proxies long-context
   memorisation. ``n_pairs`` distinct lowercase keys with random values, ``" |"``, then
@@ -40,164 +40,37 @@ Tasks (``TASKS``: name -> frozen config dataclass; examples with small sizes):
 
       qzk=41 abf=07 mmr=93
 
-Episode arrays (``Episode``; ``generate_episodes`` stacks N episodes along a leading axis):
-
-* ``tokens`` int32 [T]: the episode's bytes (``T == cfg.length``, fixed per config);
-* ``answer_mask`` bool [T]: True exactly on the scored answer tokens themselves. The convention
-  throughout is *answer tokens*: a model scores token ``t`` by its prediction from position
-  ``t - 1`` (answers never start an episode);
-* ``control_mask`` bool [T]: answer tokens of control queries (ICL withheld symbols; otherwise
-  all False), reported separately and never part of the task accuracy;
-* ``query_id`` int32 [T]: index of the query an answer/control token belongs to, -1 elsewhere
-  (for per-query exact match).
+Episodes are ``seedjax.data.episodes.Episode`` records (tokens, answer_mask, control_mask,
+query_id; shapes and the answer-token convention there) of printable ASCII bytes.
 
 Sizes: ``cfg.length`` is exact, ``cfg.check_fits(seq_len)`` raises a ``ValueError`` naming the
 size field when an episode is too long, ``cfg.scaled_to(seq_len)`` picks the largest size that
 fits. Train on the tasks with ``data.source="task:..."`` (``seedjax.data.synthetic``); score a
-model with ``seedjax.eval.task_scoring``.
-
-Determinism: ``generate_episodes(cfg, n, seed, split)`` draws from
-``np.random.default_rng(SeedSequence([seed, SPLITS[split], TASK_CODES[cfg.name]]))`` sequentially,
-so the same arguments give the same episodes, the first ``k`` of ``n`` episodes do not depend on
-``n``, and the ``train``/``val``/``test`` splits use disjoint seed streams.
+model with ``seedjax.eval.task_scoring``. Determinism: ``seedjax.data.episodes.generate_episodes``
+(seed streams ``[seed, split, cfg.code]`` with codes mqar 1, multi_round 2, icl 3, facts 4).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import string
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import numpy as np
 
+from seedjax.data.episodes import (MAX_SIZE, Episode, TaskConfig, TextBuilder, check_range,
+                                   distinct_strings, random_strings)
 from seedjax.validation import check_choice, check_int
 
-__all__ = ["Episode", "MQARConfig", "MultiRoundConfig", "ICLConfig", "FactsConfig", "TASKS", "SPLITS",
-           "TASK_CODES", "make_task", "episode_rng", "generate_episodes"]
+__all__ = ["MQARConfig", "MultiRoundConfig", "ICLConfig", "FactsConfig", "MEMORY_TASKS",
+           "CHARSETS", "fact_world"]
 
 CHARSETS = {"digits": string.digits, "lower": string.ascii_lowercase,
             "upper": string.ascii_uppercase}
-SPLITS = {"train": 1, "val": 2, "test": 3}
-TASK_CODES = {"mqar": 1, "multi_round": 2, "icl": 3, "facts": 4}
-_MAX_SIZE = 1024  # upper bound of the size fields (episodes are meant to fit a context window)
-
-
-class Episode(NamedTuple):
-    tokens: np.ndarray        # int32 [T]
-    answer_mask: np.ndarray   # bool [T]: scored answer tokens
-    control_mask: np.ndarray  # bool [T]: control (unscored, reported separately) answer tokens
-    query_id: np.ndarray      # int32 [T]: query index on answer/control tokens, else -1
-
-    @property
-    def text(self) -> str:
-        return self.tokens.astype(np.uint8).tobytes().decode("ascii")
-
-
-def _check_range(field: str, value, lo: int, hi: int) -> int:
-    try:
-        v = check_int(field, value, lo)
-    except ValueError:
-        v = None
-    if v is None or v > hi:
-        raise ValueError(f"{field}={value!r} must be an integer in [{lo}, {hi}]")
-    return v
-
-
-class _Builder:
-    """Accumulates text pieces; answer pieces carry a query id and scored/control flag."""
-
-    def __init__(self):
-        self.pieces: list[tuple[str, int, int]] = []  # (text, query id, 0 text/1 answer/2 control)
-
-    def text(self, s: str) -> None:
-        self.pieces.append((s, -1, 0))
-
-    def answer(self, s: str, qid: int, scored: bool = True) -> None:
-        self.pieces.append((s, qid, 1 if scored else 2))
-
-    def build(self) -> Episode:
-        text = "".join(p for p, _, _ in self.pieces)
-        tokens = np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int32)
-        kind = np.concatenate([np.full(len(p), k, np.int8) for p, _, k in self.pieces])
-        qid = np.concatenate([np.full(len(p), q, np.int32) for p, q, _ in self.pieces])
-        return Episode(tokens, kind == 1, kind == 2, qid)
-
-
-def _random_strings(rng: np.random.Generator, chars: str, n: int, length: int) -> list[str]:
-    idx = rng.integers(0, len(chars), size=(n, length))
-    return ["".join(chars[i] for i in row) for row in idx]
-
-
-def _distinct_strings(rng: np.random.Generator, chars: str, n: int, length: int) -> list[str]:
-    """``n`` distinct random strings of ``length`` chars (sampled without replacement)."""
-    codes = rng.choice(len(chars) ** length, size=n, replace=False)
-    out = []
-    for c in codes:
-        s = []
-        for _ in range(length):
-            c, r = divmod(int(c), len(chars))
-            s.append(chars[r])
-        out.append("".join(s))
-    return out
-
-
-class _TaskConfig:
-    """Shared methods; subclasses define ``name``, ``size_field``, ``length``, ``alphabet``,
-    ``generate``."""
-
-    name: ClassVar[str]
-    size_field: ClassVar[str]  # the field ``scaled_to`` grows or shrinks
-
-    @property
-    def length(self) -> int:  # exact token count of every episode of this config
-        raise NotImplementedError
-
-    @property
-    def alphabet(self) -> str:  # characters an answer token can take
-        raise NotImplementedError
-
-    @property
-    def chance(self) -> float:
-        """Token accuracy of guessing uniformly over the answer alphabet."""
-        return 1.0 / len(self.alphabet)
-
-    def generate(self, rng: np.random.Generator) -> Episode:
-        raise NotImplementedError
-
-    def _fields(self) -> str:
-        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
-
-    def check_fits(self, seq_len: int) -> None:
-        """Raises ``ValueError`` if an episode (``self.length`` tokens) exceeds ``seq_len``."""
-        seq_len = check_int("seq_len", seq_len, 1)
-        if self.length > seq_len:
-            raise ValueError(
-                f"task {self.name!r} ({self._fields()}): an episode is {self.length} tokens, more "
-                f"than seq_len={seq_len}; lower {self.name}.{self.size_field} (or the other "
-                f"sizes; {type(self).__name__}.scaled_to(seq_len) finds the largest "
-                f"{self.size_field} that fits) or raise seq_len.")
-
-    def scaled_to(self, seq_len: int):
-        """This config with the largest valid ``size_field`` whose episodes fit ``seq_len``."""
-        seq_len = check_int("seq_len", seq_len, 1)
-        best = None
-        for v in range(1, _MAX_SIZE + 1):  # length grows with the size field
-            try:
-                cfg = dataclasses.replace(self, **{self.size_field: v})
-            except ValueError:
-                continue
-            if cfg.length > seq_len:
-                break
-            best = cfg
-        if best is None:
-            raise ValueError(
-                f"task {self.name!r} ({self._fields()}): no {self.name}.{self.size_field} makes "
-                f"an episode fit seq_len={seq_len}; shrink the other sizes or raise seq_len.")
-        return best
 
 
 @dataclasses.dataclass(frozen=True)
-class MQARConfig(_TaskConfig):
+class MQARConfig(TaskConfig):
     """Multi-query associative recall. Length ``(n_pairs + n_queries) * (key_len + value_len
     + 2) + 2`` tokens."""
 
@@ -207,13 +80,14 @@ class MQARConfig(_TaskConfig):
     value_len: int = 2
     value_chars: str = "digits"
     name: ClassVar[str] = "mqar"
+    code: ClassVar[int] = 1
     size_field: ClassVar[str] = "n_pairs"
 
     def __post_init__(self):
-        _check_range("mqar.key_len", self.key_len, 1, 3)
-        _check_range("mqar.n_pairs", self.n_pairs, 1, min(26 ** self.key_len, _MAX_SIZE))
-        _check_range("mqar.n_queries", self.n_queries, 1, self.n_pairs)
-        _check_range("mqar.value_len", self.value_len, 1, 4)
+        check_range("mqar.key_len", self.key_len, 1, 3)
+        check_range("mqar.n_pairs", self.n_pairs, 1, min(26 ** self.key_len, MAX_SIZE))
+        check_range("mqar.n_queries", self.n_queries, 1, self.n_pairs)
+        check_range("mqar.value_len", self.value_len, 1, 4)
         check_choice("mqar.value_chars", self.value_chars, tuple(CHARSETS))
 
     @property
@@ -224,10 +98,10 @@ class MQARConfig(_TaskConfig):
     def alphabet(self) -> str:
         return CHARSETS[self.value_chars]
 
-    def generate(self, rng: np.random.Generator) -> Episode:
-        keys = _distinct_strings(rng, string.ascii_lowercase, self.n_pairs, self.key_len)
-        values = _random_strings(rng, self.alphabet, self.n_pairs, self.value_len)
-        b = _Builder()
+    def generate(self, rng: np.random.Generator, split: str = "train") -> Episode:
+        keys = distinct_strings(rng, string.ascii_lowercase, self.n_pairs, self.key_len)
+        values = random_strings(rng, self.alphabet, self.n_pairs, self.value_len)
+        b = TextBuilder()
         b.text(" ".join(f"{k}:{v}" for k, v in zip(keys, values)) + " |")
         for i, j in enumerate(rng.choice(self.n_pairs, size=self.n_queries, replace=False)):
             b.text(f" {keys[j]}:")
@@ -237,7 +111,7 @@ class MQARConfig(_TaskConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class MultiRoundConfig(_TaskConfig):
+class MultiRoundConfig(TaskConfig):
     """Multi-round recall. Length ``n_rounds * facts_per_round * (name_len + value_len + 2)
     + (n_rounds - min_lag) * (name_len + value_len + 4)`` tokens; ``n_rounds - min_lag``
     questions."""
@@ -249,24 +123,25 @@ class MultiRoundConfig(_TaskConfig):
     value_chars: str = "digits"
     min_lag: int = 1
     name: ClassVar[str] = "multi_round"
+    code: ClassVar[int] = 2
     size_field: ClassVar[str] = "n_rounds"
 
     def __post_init__(self):
-        _check_range("multi_round.name_len", self.name_len, 1, 3)
+        check_range("multi_round.name_len", self.name_len, 1, 3)
         if self.facts_per_round == 1:  # round r could only ask round r - min_lag's fact
             raise ValueError(
                 "multi_round.facts_per_round=1 must be >= 2 (allowed: 2..16): with one fact per "
                 "round every question asks the fact stated exactly min_lag rounds earlier, a "
                 "fixed-offset copy rather than recall.")
-        _check_range("multi_round.facts_per_round", self.facts_per_round, 2, 16)
-        hi = min(_MAX_SIZE, 26 ** self.name_len // self.facts_per_round)  # names are unique
-        _check_range("multi_round.n_rounds", self.n_rounds, 2, max(hi, 2))
+        check_range("multi_round.facts_per_round", self.facts_per_round, 2, 16)
+        hi = min(MAX_SIZE, 26 ** self.name_len // self.facts_per_round)  # names are unique
+        check_range("multi_round.n_rounds", self.n_rounds, 2, max(hi, 2))
         if self.n_rounds * self.facts_per_round > 26 ** self.name_len:
             raise ValueError(
                 f"multi_round.n_rounds * facts_per_round = {self.n_rounds * self.facts_per_round}"
                 f" exceeds the {26 ** self.name_len} distinct names of name_len={self.name_len}")
-        _check_range("multi_round.min_lag", self.min_lag, 1, self.n_rounds - 1)
-        _check_range("multi_round.value_len", self.value_len, 1, 4)
+        check_range("multi_round.min_lag", self.min_lag, 1, self.n_rounds - 1)
+        check_range("multi_round.value_len", self.value_len, 1, 4)
         check_choice("multi_round.value_chars", self.value_chars, tuple(CHARSETS))
 
     @property
@@ -279,12 +154,12 @@ class MultiRoundConfig(_TaskConfig):
     def alphabet(self) -> str:
         return CHARSETS[self.value_chars]
 
-    def generate(self, rng: np.random.Generator) -> Episode:
+    def generate(self, rng: np.random.Generator, split: str = "train") -> Episode:
         r_, f_ = self.n_rounds, self.facts_per_round
-        names = _distinct_strings(rng, string.ascii_lowercase, r_ * f_, self.name_len)
-        values = _random_strings(rng, self.alphabet, r_ * f_, self.value_len)
+        names = distinct_strings(rng, string.ascii_lowercase, r_ * f_, self.name_len)
+        values = random_strings(rng, self.alphabet, r_ * f_, self.value_len)
         asked = np.zeros(r_ * f_, bool)
-        b = _Builder()
+        b = TextBuilder()
         for r in range(r_):
             b.text(" ".join(f"{names[i]}={values[i]}" for i in range(r * f_, (r + 1) * f_)))
             if r >= self.min_lag:
@@ -299,7 +174,7 @@ class MultiRoundConfig(_TaskConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class ICLConfig(_TaskConfig):
+class ICLConfig(TaskConfig):
     """In-context learning of a random bijection. Length ``5 * (n_demos + n_queries
     + n_unseen_queries) + 2`` tokens."""
 
@@ -309,15 +184,16 @@ class ICLConfig(_TaskConfig):
     n_unseen: int = 3
     n_unseen_queries: int = 1
     name: ClassVar[str] = "icl"
+    code: ClassVar[int] = 3
     size_field: ClassVar[str] = "n_demos"
 
     def __post_init__(self):
-        _check_range("icl.n_symbols", self.n_symbols, 2, 26)
-        _check_range("icl.n_unseen", self.n_unseen, 0, self.n_symbols - 1)
+        check_range("icl.n_symbols", self.n_symbols, 2, 26)
+        check_range("icl.n_unseen", self.n_unseen, 0, self.n_symbols - 1)
         n_seen = self.n_symbols - self.n_unseen
-        _check_range("icl.n_demos", self.n_demos, n_seen, _MAX_SIZE)  # every seen x shown
-        _check_range("icl.n_queries", self.n_queries, 1, n_seen)
-        _check_range("icl.n_unseen_queries", self.n_unseen_queries, 0,
+        check_range("icl.n_demos", self.n_demos, n_seen, MAX_SIZE)  # every seen x shown
+        check_range("icl.n_queries", self.n_queries, 1, n_seen)
+        check_range("icl.n_unseen_queries", self.n_unseen_queries, 0,
                      max(self.n_unseen - 1, 0))  # never enough to pin down the last output
 
     @property
@@ -333,7 +209,7 @@ class ICLConfig(_TaskConfig):
         """Accuracy bound on control queries of a model that knows ``f`` is a bijection."""
         return 1.0 / max(self.n_unseen, 1)
 
-    def generate(self, rng: np.random.Generator) -> Episode:
+    def generate(self, rng: np.random.Generator, split: str = "train") -> Episode:
         sym = self.alphabet
         f = rng.permutation(self.n_symbols)
         order = rng.permutation(self.n_symbols)
@@ -344,7 +220,7 @@ class ICLConfig(_TaskConfig):
                              rng.choice(unseen, self.n_unseen_queries, replace=False)])
         scored = np.arange(len(xs)) < self.n_queries
         perm = rng.permutation(len(xs))
-        b = _Builder()
+        b = TextBuilder()
         b.text(" ".join(f"{sym[x]}->{sym[f[x]]}" for x in demos) + " |")
         for i, j in enumerate(perm):
             b.text(f" {sym[xs[j]]}->")
@@ -358,12 +234,12 @@ def fact_world(n_facts: int, key_len: int, value_len: int, value_chars: str,
                world_seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The fixed (keys, values) of a ``facts`` world: the same for every split and seed."""
     rng = np.random.default_rng(np.random.SeedSequence([world_seed, 0xFAC75]))
-    keys = _distinct_strings(rng, string.ascii_lowercase, n_facts, key_len)
-    return tuple(keys), tuple(_random_strings(rng, CHARSETS[value_chars], n_facts, value_len))
+    keys = distinct_strings(rng, string.ascii_lowercase, n_facts, key_len)
+    return tuple(keys), tuple(random_strings(rng, CHARSETS[value_chars], n_facts, value_len))
 
 
 @dataclasses.dataclass(frozen=True)
-class FactsConfig(_TaskConfig):
+class FactsConfig(TaskConfig):
     """Parametric fact recall. Length ``n_queries * (key_len + value_len + 2)`` tokens.
 
     Unlike the other tasks the answer is NOT in the episode: a fixed world of ``n_facts``
@@ -378,13 +254,14 @@ class FactsConfig(_TaskConfig):
     value_chars: str = "digits"
     world_seed: int = 0
     name: ClassVar[str] = "facts"
+    code: ClassVar[int] = 4
     size_field: ClassVar[str] = "n_queries"
 
     def __post_init__(self):
-        _check_range("facts.key_len", self.key_len, 1, 4)
-        _check_range("facts.n_facts", self.n_facts, 1, min(26 ** self.key_len, 1 << 20))
-        _check_range("facts.n_queries", self.n_queries, 1, _MAX_SIZE)
-        _check_range("facts.value_len", self.value_len, 1, 4)
+        check_range("facts.key_len", self.key_len, 1, 4)
+        check_range("facts.n_facts", self.n_facts, 1, min(26 ** self.key_len, 1 << 20))
+        check_range("facts.n_queries", self.n_queries, 1, MAX_SIZE)
+        check_range("facts.value_len", self.value_len, 1, 4)
         check_choice("facts.value_chars", self.value_chars, tuple(CHARSETS))
         check_int("facts.world_seed", self.world_seed, 0)
 
@@ -401,10 +278,10 @@ class FactsConfig(_TaskConfig):
                                   self.world_seed)
         return dict(zip(keys, values))
 
-    def generate(self, rng: np.random.Generator) -> Episode:
+    def generate(self, rng: np.random.Generator, split: str = "train") -> Episode:
         keys, values = fact_world(self.n_facts, self.key_len, self.value_len, self.value_chars,
                                   self.world_seed)
-        b = _Builder()
+        b = TextBuilder()
         for i, j in enumerate(rng.integers(0, self.n_facts, size=self.n_queries)):
             b.text(("" if i == 0 else " ") + f"{keys[j]}=")
             b.answer(values[j], i)
@@ -412,32 +289,5 @@ class FactsConfig(_TaskConfig):
         return b.build()
 
 
-TASKS: dict[str, type] = {"mqar": MQARConfig, "multi_round": MultiRoundConfig, "icl": ICLConfig,
-                          "facts": FactsConfig}
-
-
-def make_task(name: str, **fields) -> _TaskConfig:
-    """``TASKS[name](**fields)`` with clear errors for an unknown task or field."""
-    check_choice("task", name, tuple(TASKS))
-    cls = TASKS[name]
-    known = tuple(f.name for f in dataclasses.fields(cls))
-    for k in fields:
-        check_choice(f"{name} field", k, known)
-    return cls(**fields)
-
-
-def episode_rng(seed: int, split: str, task: str) -> np.random.Generator:
-    """The generator of task ``task``'s ``split`` episodes for ``seed`` (see module docstring)."""
-    seed = check_int("seed", seed, 0)
-    check_choice("split", split, tuple(SPLITS))
-    code = TASK_CODES[task] if task in TASK_CODES else check_int("task code", task, 0)
-    return np.random.default_rng(np.random.SeedSequence([seed, SPLITS[split], code]))
-
-
-def generate_episodes(cfg: _TaskConfig, n: int, seed: int = 0, split: str = "test") -> dict:
-    """``n`` episodes stacked: ``{"tokens": int32 [n, T], "answer_mask", "control_mask": bool
-    [n, T], "query_id": int32 [n, T]}`` with ``T = cfg.length``."""
-    n = check_int("n_episodes", n, 1)
-    rng = episode_rng(seed, split, cfg.name)
-    eps = [cfg.generate(rng) for _ in range(n)]
-    return {k: np.stack([getattr(e, k) for e in eps]) for k in Episode._fields}
+MEMORY_TASKS: dict[str, type] = {"mqar": MQARConfig, "multi_round": MultiRoundConfig,
+                                 "icl": ICLConfig, "facts": FactsConfig}
