@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, accum_steps=1,
         lr_multipliers={}, log_every=25, eval_every=200, checkpoint_every=200,
         keep_checkpoints=2,
+        objective="lm", objective_kwargs={},  # seedjax/train/objectives.py
+        trainable_groups=None,  # e.g. "exit_gate": only these parameter groups learn
+        init_from=None, init_from_step=None,  # start from another run's parameters
         debug_kill_at_step=-1))  # fault injection (tests): SIGKILL self after this step
 
     c.mesh = ml_collections.ConfigDict(dict(

@@ -37,7 +37,7 @@ from seedjax.models import memory_factories  # noqa: F401
 from seedjax.models.config import LMConfig
 from seedjax.models.registry import lookup, register
 from seedjax.nn.attention import KVCache
-from seedjax.nn.looped import check_loops, exit_readout, resolve_rule
+from seedjax.nn.looped import LoopOutput, check_loops, exit_readout, resolve_rule
 from seedjax.nn.params import is_param
 from seedjax.nn.partitioning import constrain
 
@@ -303,9 +303,7 @@ class LM(nnx.Module):
         if tokens.shape[1] > cfg.max_seq_len:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len="
                              f"{cfg.max_seq_len}")
-        x = constrain(self.embed(tokens), ("batch", "length", "embed"))
-        H = self.connection.expand(x, cfg)
-        tables = None if self.memory_tables is None else self.memory_tables()
+        H, tables = self._stream(tokens)
         loop_kw = dict(loops=loops, exit_at_step=exit_at_step, exit_threshold=exit_threshold,
                        weighted_exit=weighted_exit)
         if self.looped:
@@ -322,17 +320,45 @@ class LM(nnx.Module):
         aux = {**aux, **head_aux}
         return LMOutput(logits.astype(jnp.float32), aux, cache, inter)
 
-    def _looped(self, H, positions, cache, return_intermediates, tables, return_loop_logits, *,
-                loops, exit_at_step, exit_threshold, weighted_exit) -> LMOutput:
+    def _stream(self, tokens: jax.Array):
+        """tokens [B, T] -> (the connection's stream H [B, T, ...], shared memory tables)."""
+        x = constrain(self.embed(tokens), ("batch", "length", "embed"))
+        H = self.connection.expand(x, self.cfg)
+        return H, (None if self.memory_tables is None else self.memory_tables())
+
+    def _run_loops(self, H, tables, *, loops, positions=None, cache=None,
+                   return_intermediates=False) -> LoopOutput:
         cfg = self.cfg
         finalize = lambda H: self.final_norm(self.connection.reduce(H, cfg))
         expand = lambda x: self.connection.expand(x, cfg)
+        return self.layers(H, finalize=finalize, expand=expand, loops=loops, positions=positions,
+                           cache=cache, return_intermediates=return_intermediates,
+                           memory_tables=tables)
+
+    def loop_states(self, tokens: jax.Array, *, loops: int | None = None) -> LoopOutput:
+        """Looped stacks: the per-loop normed states [T, B, S, D] and gate logits [T, B, S]
+        (None without a gate) of ``tokens`` int [B, S], with no head call, for objectives that
+        evaluate the head loop by loop (``seedjax.train.looped_objectives``)."""
+        if not self.looped:
+            raise ValueError(f"loop_states needs model.stack='looped' (got {self.cfg.stack!r})")
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
+        n_loops = self.layers.config.loops if loops is None else check_loops(loops)
+        H, tables = self._stream(tokens)
+        return self._run_loops(H, tables, loops=n_loops)
+
+    def head_logits(self, x: jax.Array) -> tuple[jax.Array, dict]:
+        """The LM head on normed states x [..., D]: (logits float32 [..., V], aux losses)."""
+        logits, aux = _split_aux(self.head(x, self.embed))
+        return logits.astype(jnp.float32), aux
+
+    def _looped(self, H, positions, cache, return_intermediates, tables, return_loop_logits, *,
+                loops, exit_at_step, exit_threshold, weighted_exit) -> LMOutput:
         n_loops = self.layers.config.loops if loops is None else check_loops(loops)
         rule, arg = resolve_rule(self.layers.config, n_loops, exit_at_step=exit_at_step,
                                  exit_threshold=exit_threshold, weighted_exit=weighted_exit)
-        out = self.layers(H, finalize=finalize, expand=expand, loops=n_loops, positions=positions,
-                          cache=cache, return_intermediates=return_intermediates,
-                          memory_tables=tables)
+        out = self._run_loops(H, tables, loops=n_loops, positions=positions, cache=cache,
+                              return_intermediates=return_intermediates)
         read = exit_readout(out.states, out.gate_logits, lambda x: self.head(x, self.embed),
                             rule, arg, return_loop_logits=return_loop_logits)
         inter = None

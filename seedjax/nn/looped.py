@@ -39,8 +39,10 @@ remat, GQA, SeeDNorm or other registered norms, memory layers, MoE FFNs; aux los
 over loops), hyper-/frac-connections ([I]: the stream is reduced, normed and re-expanded between
 loops), KV caches (one per loop, each holding the body's per-layer caches: slot (t, l) as
 released). Not yet: ``lax.scan`` or remat over the loops themselves (loops are unrolled in
-Python, so compile time grows with T), physical early exit (every loop runs), the Stage I/II
-training losses (only the released ``labels`` loss is here: :func:`mixed_logits_loss`).
+Python, so compile time grows with T). Physical early exit at decode is
+``seedjax.eval.looped_decode``; the Stage I/II training objectives are
+``seedjax.train.looped_objectives`` (:func:`mixed_logits_loss` here is the released ``labels``
+loss, for parity only).
 """
 from __future__ import annotations
 
@@ -288,12 +290,7 @@ def exit_readout(states: jax.Array, gate_logits: jax.Array | None, head: Callabl
     ``return_loop_logits`` only the needed head calls are made (one for "step"/"threshold"/
     "last", which gather the states first; all T for "weighted")."""
     loops, b, s = states.shape[:3]
-    if gate_logits is None:
-        log_p = last_loop_log_probs((b, s), loops)
-        z = None
-    else:
-        z = jnp.moveaxis(gate_logits.astype(jnp.float32), 0, -1)  # [B, S, T]
-        log_p = exit_log_probs(z)
+    z, log_p = gate_log_probs(gate_logits, (b, s), loops)
     probs = jnp.exp(log_p)
     aux: dict = {}
 
@@ -308,18 +305,7 @@ def exit_readout(states: jax.Array, gate_logits: jax.Array | None, head: Callabl
     if return_loop_logits or rule == "weighted":
         per_loop = jnp.stack([run_head(states[t]) for t in range(loops)])
 
-    if rule == "step":
-        steps = jnp.full((b, s), arg, jnp.int32)
-    elif rule == "threshold":
-        steps = (jnp.full((b, s), loops - 1, jnp.int32) if z is None
-                 else threshold_exit_steps(z, arg))
-    elif rule == "last":
-        steps = jnp.full((b, s), loops - 1, jnp.int32)
-    elif rule == "weighted":
-        steps = None
-    else:
-        raise ValueError(f"unknown exit rule {rule!r}; allowed: step, threshold, weighted, last")
-
+    steps = exit_steps(z, rule, arg, loops, (b, s))
     if rule == "weighted":
         logits = jnp.zeros(per_loop.shape[1:], jnp.float32)
         for t in range(loops):  # the released accumulation order
@@ -329,6 +315,32 @@ def exit_readout(states: jax.Array, gate_logits: jax.Array | None, head: Callabl
     else:
         logits = run_head(_gather_loops(states, steps))
     return ExitReadout(logits, per_loop if return_loop_logits else None, probs, steps, aux)
+
+
+def exit_steps(z: jax.Array | None, rule: str, arg: Any, loops: int, shape: Sequence[int]
+               ) -> jax.Array | None:
+    """The loop each token exits at under ``rule``: int32 ``shape`` (= [B, S]), or None for
+    "weighted" (no single loop). z: gate logits [B, S, T] float32, or None without a gate."""
+    if rule == "step":
+        return jnp.full(shape, arg, jnp.int32)
+    if rule == "threshold":
+        return (jnp.full(shape, loops - 1, jnp.int32) if z is None
+                else threshold_exit_steps(z, arg))
+    if rule == "last":
+        return jnp.full(shape, loops - 1, jnp.int32)
+    if rule == "weighted":
+        return None
+    raise ValueError(f"unknown exit rule {rule!r}; allowed: step, threshold, weighted, last")
+
+
+def gate_log_probs(gate_logits: jax.Array | None, shape: Sequence[int], loops: int
+                   ) -> tuple[jax.Array | None, jax.Array]:
+    """(z [B, S, T] float32 or None, log p [B, S, T]) from gate logits [T, B, S] (or None: no
+    gate, p one-hot on the last loop); ``shape`` = (B, S)."""
+    if gate_logits is None:
+        return None, last_loop_log_probs(shape, loops)
+    z = jnp.moveaxis(gate_logits.astype(jnp.float32), 0, -1)
+    return z, exit_log_probs(z)
 
 
 def _gather_loops(per_loop: jax.Array, steps: jax.Array) -> jax.Array:

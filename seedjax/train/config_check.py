@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 from seedjax.models.config import LMConfig
 from seedjax.sharding.mesh import MESH_AXES
 from seedjax.sharding.rules import PRESETS
+from seedjax.train.objectives import OBJECTIVES, make_objective
 
 
 class ConfigError(ValueError):
@@ -72,7 +73,14 @@ SCHEMA: dict[str, Any] = {
         "accum_steps": _f("int", *POS), "lr_multipliers": _f("dict"),
         "log_every": _f("int", *POS), "eval_every": _f("int", *POS),
         "checkpoint_every": _f("int", *POS), "keep_checkpoints": _f("int", *POS),
-        "debug_kill_at_step": _f("int")},
+        "debug_kill_at_step": _f("int"),
+        "objective": _f("str", lambda v: v in OBJECTIVES, f"one of {sorted(OBJECTIVES)}"),
+        "objective_kwargs": _f("dict"),
+        "trainable_groups": _f("any", lambda v: isinstance(v, str) or (
+            isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
+            "parameter group names, comma-separated or a list", optional=True),
+        "init_from": _f("str", lambda v: bool(v), "a run directory", optional=True),
+        "init_from_step": _f("int", *NONNEG, optional=True)},
     "mesh": {"shape": _f("dict"),
              "rules": _f("str", lambda v: v in PRESETS, f"one of {sorted(PRESETS)}")},
     "sample": {
@@ -249,6 +257,11 @@ def validate_config(cfg) -> None:
                           f"data.batch_size={data['batch_size']}")
     for group, spec in dict(train["lr_multipliers"]).items():
         _check_lr_spec(group, spec)
+    try:
+        make_objective(train.get("objective", "lm"), dict(train.get("objective_kwargs") or {}),
+                       stack=model.stack)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
     shape = dict(cfg["mesh"]["shape"])
     for axis, size in shape.items():
         if axis not in MESH_AXES:

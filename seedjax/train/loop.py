@@ -36,7 +36,8 @@ from seedjax.train.config_check import validate_config
 from seedjax.train.hardware import peak_flops_per_device
 from seedjax.train.hooks import Hook
 from seedjax.train.metrics import MetricWriter, plot_loss_curve
-from seedjax.train.optim import make_optimizer
+from seedjax.train.objectives import make_objective
+from seedjax.train.optim import make_optimizer, trainable_of
 from seedjax.train.state import (abstract_model, count_params, init_params, model_def,
                                  param_labels, param_shapes, state_shardings)
 from seedjax.train.step import bits_per_byte, make_eval_step, make_train_step
@@ -85,7 +86,11 @@ class Trainer:
         self.mdef = model_def(abstract)
         self.param_shapes = param_shapes(abstract)
         decay_mask, groups = param_labels(abstract)
-        self.tx, self.schedule = make_optimizer(tc, decay_mask, groups)
+        self.objective = make_objective(tc.get("objective", "lm"),
+                                        dict(tc.get("objective_kwargs") or {}),
+                                        stack=self.model_cfg.stack)
+        self.tx, self.schedule = make_optimizer(
+            tc, decay_mask, groups, trainable_of(tc, self.objective.trainable_groups))
         self.p_shardings = param_shardings(abstract, self.mesh, self.rules)
 
         self.data = build_lm_data(
@@ -143,7 +148,26 @@ class Trainer:
                 "inspect them, or use a new --workdir to start over")
         with jax.set_mesh(self.mesh):
             state = jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
+        if self.config.train.get("init_from"):
+            state = {**state, "params": self._params_from_run(target)}
         return state, 0
+
+    def _params_from_run(self, target) -> dict:
+        """``train.init_from``: the parameters of another run's checkpoint (its latest step, or
+        ``train.init_from_step``); this run starts at step 0 with a fresh optimizer state."""
+        tc = self.config.train
+        directory = os.path.join(tc.init_from, "checkpoints")
+        src = Checkpointer(directory)
+        steps = sorted(src.manager.all_steps())
+        step = steps[-1] if steps and tc.get("init_from_step") is None else tc.get("init_from_step")
+        if step not in steps:
+            raise ValueError(f"train.init_from={tc.init_from!r}: no checkpoint"
+                             f"{'' if step is None else f' at step {step}'} in {directory}; "
+                             f"allowed steps: {steps}")
+        state, _, _ = src.restore(step, target, self.param_shapes)
+        src.close()
+        log.info("initialised parameters from step %d of %s", step, tc.init_from)
+        return state["params"]
 
     def _fresh_state(self):
         params = nnx.to_pure_dict(nnx.state(self.model_fn(), nnx.Param))
@@ -153,7 +177,7 @@ class Trainer:
 
     def _compile(self):
         step_fn = make_train_step(self.mdef, self.tx, self.schedule,
-                                  int(self.config.train.get("accum_steps", 1)))
+                                  int(self.config.train.get("accum_steps", 1)), self.objective)
         batch_sh = NamedSharding(self.mesh, self.batch_spec)
         self._train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sh),
                                    out_shardings=(self.state_shardings, None), donate_argnums=0)
@@ -185,13 +209,18 @@ class Trainer:
         self._interval, self._interval_t0, self._untimed = [], time.perf_counter(), 0
 
     def evaluate(self, params) -> dict:
-        ce, n = 0.0, 0.0
+        """Validation: mean CE ("loss"), bits/byte, token count, and every other eval sum
+        (e.g. a looped model's ``loop_ce/t``) divided by the token count."""
+        sums: dict = {}
         with jax.set_mesh(self.mesh), activation_rules(self.mesh, self.rules):
             for batch in self.data.val_batches():
                 out = jax.device_get(self._eval_step(params, self._global(batch)))
-                ce, n = ce + float(out["ce_sum"]), n + float(out["tokens"])
-        loss = ce / max(n, 1.0)
-        return {"loss": loss, "bits_per_byte": bits_per_byte(loss), "tokens": n}
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        n = sums.pop("tokens", 0.0)
+        loss = sums.pop("ce_sum", 0.0) / max(n, 1.0)
+        extra = {k: v / max(n, 1.0) for k, v in sums.items()}
+        return {"loss": loss, "bits_per_byte": bits_per_byte(loss), "tokens": n, **extra}
 
     def _eval_hook(self, trainer, step: int) -> None:
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ a decaying or absolute schedule (see ``group_lr``).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -86,9 +86,25 @@ def scale_by_group_lr(groups: Any, base: optax.Schedule,
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(train_cfg: Mapping[str, Any], decay_mask: Any, groups: Any
+def trainable_of(train_cfg: Mapping[str, Any], default: Sequence[str] | None = None
+                 ) -> tuple[str, ...] | None:
+    """``train.trainable_groups`` ("a,b" or a sequence; None: every group, or ``default``, the
+    objective's choice) as a tuple of group names, or None for all."""
+    spec = train_cfg.get("trainable_groups")
+    if spec is None:
+        return None if default is None else tuple(default)
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    return tuple(n.strip() for n in names if n.strip())
+
+
+def make_optimizer(train_cfg: Mapping[str, Any], decay_mask: Any, groups: Any,
+                   trainable: Sequence[str] | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW from the ``train`` config block. Returns (transformation, lr schedule)."""
+    """AdamW from the ``train`` config block. Returns (transformation, lr schedule).
+
+    ``trainable``: parameter groups that learn (None: all); every other group gets learning
+    rate 0 (no update, no weight decay; Ouro Stage II trains only "exit_gate"). The state's
+    structure is the same either way, so a run can start from another's checkpoint."""
     lr = float(train_cfg["lr"])
     steps = int(train_cfg["steps"])
     schedule = warmup_cosine(lr, int(train_cfg.get("warmup_steps", 0)), steps,
@@ -99,6 +115,14 @@ def make_optimizer(train_cfg: Mapping[str, Any], decay_mask: Any, groups: Any
     if unknown:
         raise ValueError(f"train.lr_multipliers names groups {unknown} that no parameter has; "
                          f"parameter groups: {sorted(known)}")
+    group_lrs = {g: group_lr(spec, schedule, steps) for g, spec in mults.items()}
+    if trainable is not None:
+        bad = sorted(set(trainable) - known)
+        if bad or not trainable:
+            raise ValueError(f"train.trainable_groups={list(trainable)} must name parameter "
+                             f"groups; allowed: {sorted(known)}")
+        for g in known - set(trainable):
+            group_lrs[g] = lambda step: jnp.float32(0.0)
     clip = float(train_cfg.get("grad_clip") or 0.0)
     if not clip >= 0:
         raise ValueError(f"train.grad_clip={clip} must be >= 0 (0 = off)")
@@ -110,7 +134,6 @@ def make_optimizer(train_cfg: Mapping[str, Any], decay_mask: Any, groups: Any
         optax.scale_by_adam(b1=float(train_cfg.get("b1", 0.9)), b2=float(train_cfg.get("b2", 0.95)),
                             eps=float(train_cfg.get("eps", 1e-8))),
         optax.add_decayed_weights(float(train_cfg.get("weight_decay", 0.0)), mask=decay_mask),
-        scale_by_group_lr(groups, schedule,
-                          {g: group_lr(spec, schedule, steps) for g, spec in mults.items()}),
+        scale_by_group_lr(groups, schedule, group_lrs),
     ]
     return optax.chain(*parts), schedule

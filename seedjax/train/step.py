@@ -1,7 +1,8 @@
 """Jitted train and eval steps over pure parameter dicts.
 
-``make_train_step`` returns ``step(state, batch) -> (state, metrics)``: forward, loss (token
-cross-entropy in float32 + the model's auxiliary losses), gradients (optionally accumulated over
+``make_train_step`` returns ``step(state, batch) -> (state, metrics)``: forward, loss (the
+objective's, ``seedjax.train.objectives``: by default token cross-entropy in float32 + the
+model's auxiliary losses), gradients (optionally accumulated over
 ``accum_steps`` micro-batches with ``lax.scan``), optimizer update. Batches are dicts
 ``{"inputs": int32 [B, T], "targets": int32 [B, T], "mask": optional float [B, T]}``.
 """
@@ -14,44 +15,29 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from seedjax.train.objectives import TokenCE, eval_sums
 from seedjax.train.state import ModelDef
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None
-                  ) -> tuple[jax.Array, jax.Array]:
-    """Sum of token cross-entropies (nats) and the token count. logits [B, T, V] float32."""
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    nll = lse - tgt
-    if mask is None:
-        mask = jnp.ones_like(nll)
-    return jnp.sum(nll * mask), jnp.sum(mask)
-
-
-def _loss_fn(mdef: ModelDef):
-    def loss(params, batch):
-        model = mdef.merge(params)
-        out = model(batch["inputs"])
-        ce_sum, n = cross_entropy(out.logits, batch["targets"], batch.get("mask"))
-        ce = ce_sum / jnp.maximum(n, 1.0)
-        aux = {k: jnp.asarray(v, jnp.float32) for k, v in out.aux_losses.items()}
-        total = ce + sum(aux.values(), jnp.float32(0.0))
-        return total, {"ce": ce, **{f"aux/{k}": v for k, v in aux.items()}}
+def _loss_fn(mdef: ModelDef, objective):
+    def loss(params, batch, step):
+        return objective.loss(mdef.merge(params), batch, step)
     return loss
 
 
 def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, accum_steps: int = 1) -> Callable:
-    """Builds the (un-jitted) train step; jit it with shardings and ``donate_argnums=0``."""
+                    schedule: optax.Schedule, accum_steps: int = 1, objective=None) -> Callable:
+    """Builds the (un-jitted) train step; jit it with shardings and ``donate_argnums=0``.
+    ``objective``: a ``seedjax.train.objectives`` objective (default: token CE, "lm")."""
     if accum_steps < 1:
         raise ValueError(f"train.accum_steps must be >= 1, got {accum_steps}")
-    grad_fn = jax.value_and_grad(_loss_fn(mdef), has_aux=True)
+    objective = TokenCE() if objective is None else objective
+    grad_fn = jax.value_and_grad(_loss_fn(mdef, objective), has_aux=True)
 
     def step(state, batch):
         params = state["params"]
         if accum_steps == 1:
-            (loss, metrics), grads = grad_fn(params, batch)
+            (loss, metrics), grads = grad_fn(params, batch, state["step"])
         else:
             b = batch["inputs"].shape[0]
             if b % accum_steps:
@@ -59,10 +45,12 @@ def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation,
             micro = jax.tree.map(lambda x: x.reshape(accum_steps, b // accum_steps, *x.shape[1:]), batch)
 
             def body(acc, mb):
-                (l, m), g = grad_fn(params, mb)
+                (l, m), g = grad_fn(params, mb, state["step"])
                 return jax.tree.map(jnp.add, acc, (l, m, g)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), _metric_shapes(grad_fn, params, micro), params))
+            zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0),
+                                                  _metric_shapes(grad_fn, params, micro,
+                                                                 state["step"]), params))
             (loss, metrics, grads), _ = jax.lax.scan(body, zeros, micro)
             loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, (loss, metrics, grads))
         updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -75,18 +63,17 @@ def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation,
     return step
 
 
-def _metric_shapes(grad_fn, params, micro):
+def _metric_shapes(grad_fn, params, micro, step):
     first = jax.tree.map(lambda x: x[0], micro)
-    (_, m), _ = jax.eval_shape(grad_fn, params, first)
+    (_, m), _ = jax.eval_shape(grad_fn, params, first, step)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m)
 
 
 def make_eval_step(mdef: ModelDef) -> Callable:
-    """``eval(params, batch) -> {"ce_sum", "tokens"}`` (sum over the batch)."""
+    """``eval(params, batch) -> {"ce_sum", "tokens", ...}`` (sums over the batch; see
+    ``seedjax.train.objectives.eval_sums``)."""
     def evaluate(params, batch):
-        out = mdef.merge(params)(batch["inputs"])
-        ce_sum, n = cross_entropy(out.logits, batch["targets"], batch.get("mask"))
-        return {"ce_sum": ce_sum, "tokens": n}
+        return eval_sums(mdef.merge(params), batch)
     return evaluate
 
 
