@@ -110,6 +110,10 @@ def run_one(base, row: dict, seed: int, workdir: str, origin: dict | None = None
     curve = lambda split: sorted({r["step"]: r["loss"] for r in rows
                                   if r["split"] == split}.items())
     extra = {}
+    val_more = {k: v for k, v in (summary["val"] or {}).items()
+                if k not in ("loss", "bits_per_byte", "tokens")}
+    if val_more:  # e.g. a looped model's loop_ce/t and exit statistics
+        extra["val_metrics"] = val_more
     if summary["status"] == "completed" and "task_eval" in cfg:  # memory-task accuracy hook
         import jax
         from seedjax.eval.task_scoring import evaluate_config
