@@ -62,14 +62,20 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def val_token_batches(config, batches: int) -> list[np.ndarray]:
-    """The first ``batches`` validation input batches [B, T] (int32) of a run's data config."""
+def val_batches(config, batches: int) -> list[dict]:
+    """The first ``batches`` validation batches ({"inputs", "targets", ...} [B, T]) of a run's
+    data config (the batches its training evaluated on)."""
     from seedjax.data import build_lm_data
     d = config.data
     data = build_lm_data(source=d.source, seq_len=int(d.seq_len), batch_size=int(d.batch_size),
                          seed=int(config.train.seed), val_fraction=float(d.val_fraction),
                          max_val_batches=int(d.max_val_batches))
-    return [np.asarray(b["inputs"], np.int32) for b in data.val_batches()[:batches]]
+    return list(data.val_batches()[:batches])
+
+
+def val_token_batches(config, batches: int) -> list[np.ndarray]:
+    """The first ``batches`` validation input batches [B, T] (int32) of a run's data config."""
+    return [np.asarray(b["inputs"], np.int32) for b in val_batches(config, batches)]
 
 
 def val_tokens(config, batches: int) -> np.ndarray:

@@ -347,3 +347,26 @@ def _gather_loops(per_loop: jax.Array, steps: jax.Array) -> jax.Array:
     """per_loop [T, B, S, ...], steps int [B, S] -> [B, S, ...] (loop steps[b, s] per token)."""
     idx = steps.reshape(1, *steps.shape, *([1] * (per_loop.ndim - 3)))
     return jnp.take_along_axis(per_loop, idx, axis=0)[0]
+
+
+# ----------------------------------------------------------------------------- per-loop CE
+
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token cross-entropy (nats): logits [..., V], targets int [...] -> float32 [...]."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+
+
+def loop_token_ce(model, states: jax.Array, targets: jax.Array, *, remat: bool = True
+                  ) -> tuple[jax.Array, dict]:
+    """CE of every loop's logits: states [T, B, S, D], targets int [B, S] -> ([T, B, S] float32,
+    the head's aux losses summed over loops). One loop's logits at a time (``lax.map``); with
+    ``remat`` the backward pass recomputes them instead of storing T of them."""
+    def one(x):
+        logits, aux = model.head_logits(x)
+        return token_nll(logits, targets), aux
+
+    fn = jax.checkpoint(one) if remat else one
+    ce, aux = jax.lax.map(fn, states)
+    return ce, {k: jnp.sum(v) for k, v in aux.items()}

@@ -33,28 +33,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from seedjax.nn.looped import exit_steps, gate_log_probs, resolve_rule
-
-
-def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-token cross-entropy (nats): logits [..., V], targets int [...] -> float32 [...]."""
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    return lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-
-
-def loop_token_ce(model, states: jax.Array, targets: jax.Array, *, remat: bool = True
-                  ) -> tuple[jax.Array, dict]:
-    """CE of every loop's logits: states [T, B, S, D], targets int [B, S] -> ([T, B, S] float32,
-    the head's aux losses summed over loops). One loop's logits at a time (``lax.map``); with
-    ``remat`` the backward pass recomputes them instead of storing T of them."""
-    def one(x):
-        logits, aux = model.head_logits(x)
-        return token_nll(logits, targets), aux
-
-    fn = jax.checkpoint(one) if remat else one
-    ce, aux = jax.lax.map(fn, states)
-    return ce, {k: jnp.sum(v) for k, v in aux.items()}
+from seedjax.nn.looped import (exit_steps, gate_log_probs, loop_token_ce, resolve_rule,
+                               token_nll)
 
 
 def _masked_sum(x: jax.Array, mask: jax.Array) -> jax.Array:

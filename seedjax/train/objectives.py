@@ -24,7 +24,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from seedjax.train.looped_objectives import StageOne, StageTwo, looped_eval_sums, token_nll
+from seedjax.nn.looped import token_nll
+from seedjax.train.looped_objectives import StageOne, StageTwo, looped_eval_sums
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None
