@@ -32,6 +32,7 @@ CLIS = {
     "experiments.diagnose_memory": ("_define_flags", {}),
     "experiments.diagnose_norms": ("define_flags", {}),
     "experiments.generate_looped": ("define_flags", {}),
+    "experiments.looped_depth": ("define_flags", {}),
 }
 SWEEP = "configs/papers/seednorm.py:smoke"
 DIAG = ["--out", "{tmp}/diag"]
@@ -106,6 +107,9 @@ CASES = [
     ("diagnose_norms", DIAG, ["--workdirs"]),
     ("diagnose_norms", ["--workdirs", "{run},{run}", *DIAG], ["--names must be distinct"]),
     ("diagnose_norms", ["--workdirs", "{run}", "--step", "7", *DIAG], ["step=7", "allowed: [3]"]),
+    ("looped_depth", DIAG, ["--workdirs"]),
+    ("looped_depth", ["--workdirs", "{run}", "--max_loops", "0", *DIAG], ["--max_loops", ">= 1"]),
+    ("looped_depth", ["--workdirs", "{run}", "--step", "7", *DIAG], ["step=7", "allowed: [3]"]),
     ("generate_looped", ["--prompt", "a"], ["exactly one of --checkpoint", "--workdir"]),
     ("generate_looped", ["--workdir", "{run}", "--prompt", "a", "--top_p", "0"],
      ["--top_p=0.0", "(0, 1]"]),
@@ -127,6 +131,7 @@ MAIN_CASES = [
     ("diagnose_memory", ["--workdir", "{run}", "--step", "7"], ["allowed: [3]"]),
     ("diagnose_norms", DIAG, ["--workdirs"]),
     ("generate_looped", ["--prompt", "a", "extra"], ["unexpected argument 'extra'"]),
+    ("looped_depth", DIAG, ["--workdirs"]),
     ("train", ["--config", "configs/lm.py:huge", "--workdir", "{tmp}/w"], ["'huge' unknown"]),
     ("generate", ["--workdir", "{run}", "--step", "7"], ["allowed: [3]"]),
 ]
