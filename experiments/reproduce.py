@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+from typing import Callable
 
 from absl import flags
 from absl import logging as absl_logging
@@ -228,20 +229,21 @@ def report_text(out: str, config: str, rows: list, results: list, base=None,
                           "seed; negative = row lower):")
     task_names = sorted({t for x in results for t in (x.get("tasks") or {})})
     if task_names:  # runs of configs with a task_eval block (see seedjax.eval.task_scoring)
-        lines += ["", "Held-out memory-task token accuracy (teacher-forced greedy; mean ± std, "
-                  "n):", "", "| row | " + " | ".join(task_names) + " |",
-                  "|---" * (len(task_names) + 1) + "|"]
-        for r in rows:
-            accs = [seed_stats([task_metric(x, t) for x in by_row[r["name"]]])
-                    for t in task_names]
-            lines.append(f"| {r['name']} | " + " | ".join(
-                mean_std_text(m, s, n, 3) if n else "" for m, s, n in accs) + " |")
-        for t in task_names:
-            lines += paired_table(
-                rows, by_row, lambda x, t=t: task_metric(x, t),
-                f"Paired {t} token-accuracy differences (row minus its reference on the same "
-                "seed; positive = row better, so 'lower on' counts seeds where it is worse):",
-                digits=3)
+        lines += metric_tables(
+            rows, by_row, task_names, task_metric,
+            "Held-out memory-task token accuracy (teacher-forced greedy; mean ± std, n):",
+            lambda t: f"Paired {t} token-accuracy differences (row minus its reference on the "
+            "same seed; positive = row better, so 'lower on' counts seeds where it is worse):",
+            digits=3)
+    val_names = sorted({k for x in results for k in (x.get("val_metrics") or {})},
+                       key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])
+                                      if k.rsplit("/", 1)[-1].isdigit() else -1))
+    if val_names:  # e.g. a looped model's per-loop CE and exit statistics
+        lines += metric_tables(
+            rows, by_row, val_names, lambda x, k: (x.get("val_metrics") or {}).get(k),
+            "Further validation metrics (mean ± std, n; runs that report them):",
+            lambda k: f"Paired {k} differences (row minus its reference on the same seed):",
+            digits=4, paired_names=[k for k in val_names if "/" not in k], skip_empty=True)
     os.makedirs(out, exist_ok=True)
     if task_names:
         if plots:
@@ -250,6 +252,25 @@ def report_text(out: str, config: str, rows: list, results: list, base=None,
     if series:  # loss against a swept quantity (experiments/sweep_series.py)
         lines += write_series(out, series, loss, plot=plots)
     return "\n".join(lines) + "\n"
+
+
+def metric_tables(rows: list, by_row: dict, names: list, value: Callable, caption: str,
+                  paired_title: Callable[[str], str], digits: int = 3,
+                  paired_names: list | None = None, skip_empty: bool = False) -> list[str]:
+    """Markdown lines: a table of ``value(run, name)`` (mean ± std over seeds) per row and name,
+    then a paired-difference table per name of ``paired_names`` (default: all)."""
+    lines = ["", caption, "", "| row | " + " | ".join(names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    for r in rows:
+        stats = [seed_stats([value(x, k) for x in by_row[r["name"]]]) for k in names]
+        if skip_empty and not any(n for _, _, n in stats):
+            continue
+        lines.append(f"| {r['name']} | " + " | ".join(
+            mean_std_text(m, s, n, digits) if n else "" for m, s, n in stats) + " |")
+    for k in (names if paired_names is None else paired_names):
+        lines += paired_table(rows, by_row, lambda x, k=k: value(x, k), paired_title(k),
+                              digits=digits)
+    return lines
 
 
 def write_report(out: str, config: str, rows: list, results: list, base=None,

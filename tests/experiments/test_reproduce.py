@@ -91,3 +91,27 @@ def test_each_variant_has_its_own_workdir():
     assert workdir_name("configs/memory_tasks.py:icl_cpu") == "memory_tasks_icl_cpu"
     assert workdir_name("configs/memory_tasks.py:cpu") != workdir_name("configs/memory_tasks.py")
     assert workdir_name("configs/papers/seednorm.py") == "seednorm"
+
+
+def test_report_tabulates_and_pairs_extra_val_metrics(tmp_path):
+    """Runs that carry ``val_metrics`` (a looped model's exit statistics) get a mean ± std table
+    (rows without them left out, per-loop keys in loop order) and a paired table with the
+    verdict for each scalar metric; per-loop keys are tabulated but not paired."""
+    from experiments.reproduce import report_text
+    rows = [{"name": "a", "overrides": {}}, {"name": "b", "overrides": {}, "vs": "a"},
+            {"name": "c", "overrides": {}, "vs": "a"}]
+    results = []
+    for seed, (ha, hb) in enumerate(((1.2, 0.1), (1.1, 0.2), (1.3, 0.05))):
+        for name, h in (("a", ha), ("b", hb)):
+            results.append({"row": name, "seed": seed, "status": "completed", "val_loss": 2.0,
+                            "val_metrics": {"exit_entropy": h, "loop_ce/10": 2.0,
+                                            "loop_ce/2": 2.5}})
+        results.append({"row": "c", "seed": seed, "status": "completed", "val_loss": 2.1})
+    text = report_text(str(tmp_path), "cfg.py:cpu", rows, results)
+    table = text[text.index("Further validation metrics"):]
+    assert "| row | exit_entropy | loop_ce/2 | loop_ce/10 |" in table
+    assert "| a | 1.2000 ± 0.1000 (3)" in table and "| c |" not in table.split("Paired")[0]
+    paired = text[text.index("Paired exit_entropy differences"):].splitlines()
+    line = next(ln for ln in paired if ln.startswith("| b | a |"))
+    assert line.endswith("| 3/3 | finding |")
+    assert "Paired loop_ce/2" not in text
