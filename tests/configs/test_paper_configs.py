@@ -59,7 +59,13 @@ def test_sweep_row_takes_a_finite_step(paper, row):
     assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
 
 
-@pytest.mark.parametrize("paper", PAPERS)
+# FC and the collapse study build the same connection code as HC: their smoke trainings run
+# under the slow marker (test-suite time); every row of every paper still builds above
+SMOKE_SLOW = ("frac_connections", "representation_collapse")
+
+
+@pytest.mark.parametrize("paper", [pytest.param(p, marks=pytest.mark.slow) if p in SMOKE_SLOW
+                                   else p for p in PAPERS])
 def test_smoke_variant_trains(paper, tmp_path, small_corpus):
     mod = importlib.import_module(f"configs.papers.{paper}")
     rows = {r["name"]: r for r in mod.get_sweep("smoke")}

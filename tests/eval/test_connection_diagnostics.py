@@ -162,7 +162,8 @@ def test_branch_input_cosine_range_shape_and_identical_inputs():
     assert np.all(s["p5"] <= s["median"]) and np.all(s["median"] <= s["p95"])
 
 
-def test_cli_end_to_end_on_two_trained_runs(tmp_path, small_corpus):
+@pytest.mark.slow  # 45 s (two trainings + the CLI); the CLI's argument errors are in the default
+def test_cli_end_to_end_on_two_trained_runs(tmp_path, small_corpus):  # suite (test_cli_errors)
     from seedjax.train.loop import Trainer
     base = tmp_path / "baseline"
     env = {**os.environ, "PYTHONPATH": ROOT}

@@ -225,7 +225,8 @@ def test_stage_one_then_stage_two_through_the_training_loop(tmp_path, small_corp
         cfg.data.source = small_corpus
         cfg.mesh.shape = dict(data=-1, fsdp=1, model=1, expert=1, mem=1)
         cfg.model.update(n_layers=1, stack_kwargs={**cfg.model.stack_kwargs, "loops": 2})
-        cfg.train.update(train)
+        for k, v in train.items():  # assignment: update() would merge objective_kwargs
+            cfg.train[k] = v
         return cfg
 
     cfg = config(objective="looped", objective_kwargs={"beta": 0.1})
@@ -240,7 +241,7 @@ def test_stage_one_then_stage_two_through_the_training_loop(tmp_path, small_corp
         assert key in train and key in val, key
     assert abs(sum(val[f"exit_p/{t}"] for t in range(1, loops + 1)) - 1) < 1e-5
 
-    cfg2 = config(objective="looped_gate", init_from=one, lr=1e-2)
+    cfg2 = config(objective="looped_gate", objective_kwargs={}, init_from=one, lr=1e-2)
     two = str(tmp_path / "stage2")
     Trainer(cfg2, two, progress=False).run()
     m1, _, _ = load_model(one)
