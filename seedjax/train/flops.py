@@ -78,8 +78,10 @@ def _factory_flops(kind: str, name: str, cfg: LMConfig) -> dict[str, float]:
     return flops(cfg)
 
 
-def lm_train_flops_per_token(cfg: LMConfig, seq_len: int) -> float:
-    return 3.0 * sum(lm_forward_flops_per_token(cfg, seq_len).values())
+def lm_train_flops_per_token(cfg: LMConfig, seq_len: int, *, backward: bool = True) -> float:
+    """Forward + backward (3x forward); ``backward=False`` for objectives that do not
+    differentiate through the model (Ouro Stage II: only the gate learns), forward only."""
+    return (3.0 if backward else 1.0) * sum(lm_forward_flops_per_token(cfg, seq_len).values())
 
 
 def lm_param_count(cfg: LMConfig) -> int:

@@ -108,7 +108,9 @@ class Trainer:
         self._interval: list[dict] = []
         self._interval_t0, self._interval_first, self._untimed = None, None, 0
 
-        flops_per_token = flops_lib.lm_train_flops_per_token(self.model_cfg, self.seq_len)
+        flops_per_token = flops_lib.lm_train_flops_per_token(
+            self.model_cfg, self.seq_len,
+            backward=getattr(self.objective, "backward_through_model", True))
         self.flops_per_step = flops_per_token * self.seq_len * self.batch_size
         self.peak, self.peak_source = peak_flops_per_device()
         self.add_hook(self._log_hook, every=int(tc.log_every), name="log")

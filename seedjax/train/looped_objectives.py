@@ -158,6 +158,7 @@ class StageTwo:
     k: float = 50.0
     gamma: float = 0.005
     trainable_groups = ("exit_gate",)  # unless train.trainable_groups says otherwise
+    backward_through_model = False      # FLOP accounting: the LM is only run forward
 
     def __post_init__(self):
         _number(self.k, "k", 0.0, lo_open=True)
