@@ -126,6 +126,7 @@ def run(workdirs: list[str], names: list[str] | None, out: str, max_loops: int =
     os.makedirs(out, exist_ok=True)
     origin = {**current([], ""), "command": command, "config": ""}
     prov = summary_lines([{"provenance": origin}])
+    prov[0] = prov[0].split(". ", 1)[1]  # "Runs: 1." counts provenance records, not the runs
     with open(os.path.join(out, "depth.json"), "w") as f:
         json.dump({"command": command, "provenance": origin, "runs": runs}, f, indent=1)
     with open(os.path.join(out, "depth.md"), "w") as f:
