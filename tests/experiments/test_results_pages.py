@@ -20,7 +20,7 @@ RESULTS = os.path.join(ROOT, "results")
 TABLES = sorted(os.path.relpath(os.path.dirname(p), ROOT)
                 for p in glob.glob(os.path.join(RESULTS, "**", "table.md"), recursive=True)
                 if os.path.isdir(os.path.join(os.path.dirname(p), "runs")))
-CITATION = re.compile(r"`([\w/]+): ([\w.\-]+) vs ([\w.\-]+)(?: \[(\w+)\])?`,? "
+CITATION = re.compile(r"`([\w/]+): ([\w.\-]+) vs ([\w.\-]+)(?: \[([\w:/]+)\])?`,? "
                       r"\*{0,2}(" + "|".join(VERDICTS) + r")\b")
 
 
@@ -85,7 +85,12 @@ def test_page_commands_make_exactly_its_runs(page):
 
 
 def _cited_verdict(page: str, row: str, ref: str, task: str | None) -> str:
-    value = (lambda x: task_metric(x, task)) if task else (lambda x: x.get("val_loss"))
+    """The rule's verdict on val loss, a task's accuracy (``[task]``) or a further validation
+    metric (``[val:exit_entropy]``: the run files' ``val_metrics``)."""
+    if task and task.startswith("val:"):
+        value = lambda x: (x.get("val_metrics") or {}).get(task[4:])  # noqa: E731
+    else:
+        value = (lambda x: task_metric(x, task)) if task else (lambda x: x.get("val_loss"))
     per_seed = {}
     for x in _runs(os.path.join("results", page)):
         per_seed.setdefault(x["row"], {})[int(x["seed"])] = value(x)
