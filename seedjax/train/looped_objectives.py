@@ -61,10 +61,14 @@ def exit_entropy(log_p: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.where(p > 0, p * jnp.where(p > 0, log_p, 0.0), 0.0), axis=-1)
 
 
+def expected_ce(ce: jax.Array, log_p: jax.Array) -> jax.Array:
+    """sum_t p_t CE_t per token: ce [T, B, S], log p [B, S, T] -> [B, S]."""
+    return jnp.sum(jnp.exp(log_p) * jnp.moveaxis(ce, 0, -1), axis=-1)
+
+
 def stage_one_token_loss(ce: jax.Array, log_p: jax.Array, beta: jax.Array | float) -> jax.Array:
     """Eq. 4 per token: ce [T, B, S], log p [B, S, T] -> sum_t p_t CE_t - beta H(p) [B, S]."""
-    expected = jnp.sum(jnp.exp(log_p) * jnp.moveaxis(ce, 0, -1), axis=-1)
-    return expected - beta * exit_entropy(log_p)
+    return expected_ce(ce, log_p) - beta * exit_entropy(log_p)
 
 
 def stage_two_loop_losses(ce: jax.Array, gate_logits: jax.Array, mask: jax.Array, *, k: float,
@@ -141,8 +145,7 @@ class StageOne:
         objective = _masked_sum(stage_one_token_loss(ce, log_p, beta), mask) / n
         aux = {k: jnp.asarray(v, jnp.float32) for k, v in {**out.aux_losses, **head_aux}.items()}
         total = objective + sum(aux.values(), jnp.float32(0.0))
-        expected_ce = _masked_sum(jnp.sum(jnp.exp(log_p) * jnp.moveaxis(ce, 0, -1), -1), mask) / n
-        return total, {"ce": expected_ce, "objective": objective, "beta": beta,
+        return total, {"ce": _masked_sum(expected_ce(ce, log_p), mask) / n, "objective": objective, "beta": beta,
                        **_means(loop_stat_sums(ce, log_p, mask), n),
                        **{f"aux/{k}": v for k, v in aux.items()}}
 
