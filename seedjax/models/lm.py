@@ -290,13 +290,18 @@ class LM(nnx.Module):
                  return_intermediates: bool = False, loops: int | None = None,
                  exit_at_step: int | None = None, exit_threshold: float | None = None,
                  weighted_exit: bool | None = None,
-                 return_loop_logits: bool = True) -> LMOutput:
+                 return_loop_logits: bool = True, targets: jax.Array | None = None,
+                 target_mask: jax.Array | None = None) -> LMOutput:
         """tokens int [B, T] -> LMOutput. Looped stacks only (ValueError otherwise): ``loops``
         (T for this call, default the configured one), ``exit_at_step`` (0-based loop whose
         logits are returned), ``exit_threshold`` (q in (0, 1]: per token the first loop whose
         exit CDF >= q), ``weighted_exit`` (sum_t p_t logits_t); priority in that order, else the
         config's ``exit_rule``. ``return_loop_logits=False`` skips ``loop_logits`` (and the
-        head calls a rule does not need)."""
+        head calls a rule does not need). ``targets`` int [B, T] (and ``target_mask`` float [B, T],
+        1 = trained on): training targets for heads with training-only losses (a head with
+        ``training_losses(x, targets, embed, mask=) -> {name: weighted scalar}``, e.g.
+        over-decoding's extra future-token heads): their losses join ``aux_losses``; other heads
+        ignore them."""
         cfg = self.cfg
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
@@ -306,7 +311,11 @@ class LM(nnx.Module):
         H, tables = self._stream(tokens)
         loop_kw = dict(loops=loops, exit_at_step=exit_at_step, exit_threshold=exit_threshold,
                        weighted_exit=weighted_exit)
+        head_train = None if targets is None else getattr(self.head, "training_losses", None)
         if self.looped:
+            if head_train is not None:
+                raise ValueError(f"model.head={cfg.head!r} has training-only losses, which a "
+                                 "looped stack does not support (model.stack='looped')")
             return self._looped(H, positions, cache, return_intermediates, tables,
                                 return_loop_logits, **loop_kw)
         given = {k: v for k, v in loop_kw.items() if v is not None}
@@ -318,6 +327,8 @@ class LM(nnx.Module):
         x = self.final_norm(self.connection.reduce(H, cfg))
         logits, head_aux = _split_aux(self.head(x, self.embed))
         aux = {**aux, **head_aux}
+        if head_train is not None:
+            aux = {**aux, **head_train(x, targets, self.embed, mask=target_mask)}
         return LMOutput(logits.astype(jnp.float32), aux, cache, inter)
 
     def _stream(self, tokens: jax.Array):

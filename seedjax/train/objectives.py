@@ -44,7 +44,7 @@ class TokenCE:
 
     def loss(self, model, batch: dict, step: jax.Array) -> tuple[jax.Array, dict]:
         del step
-        out = model(batch["inputs"])
+        out = model(batch["inputs"], targets=batch["targets"], target_mask=batch.get("mask"))
         ce_sum, n = cross_entropy(out.logits, batch["targets"], batch.get("mask"))
         ce = ce_sum / jnp.maximum(n, 1.0)
         aux = {k: jnp.asarray(v, jnp.float32) for k, v in out.aux_losses.items()}
