@@ -6,3 +6,4 @@ from seedjax.models.registry import lookup, names, register
 __all__ = ["LMConfig", "LM", "LMOutput", "lookup", "names", "register"]
 from seedjax.models import moe_factories  # noqa: F401,E402
 from seedjax.models import looped_factories  # noqa: F401,E402
+from seedjax.models import over_encoding_factories  # noqa: F401,E402

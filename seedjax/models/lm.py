@@ -55,6 +55,14 @@ class LMOutput(NamedTuple):
     exit_steps: jax.Array | None = None   # [B, T_seq] int32 loop whose logits were returned
 
 
+class DecodeCache(NamedTuple):
+    """Decode state of an LM whose embed keeps a history (over-encoding's last n-1 tokens):
+    ``layers`` the stack's KV caches (what ``init_cache`` returns otherwise), ``embed`` the embed's
+    state (``embed.init_history`` / ``embed.advance``)."""
+    layers: Any
+    embed: Any
+
+
 def build(kind: str, cfg: LMConfig, *args, **kw):
     """Looks up ``cfg.<kind>`` and calls its factory with ``cfg.<kind>_kwargs``."""
     name = getattr(cfg, kind)
@@ -269,11 +277,14 @@ class LM(nnx.Module):
         if self.looped:
             loops = self.layers.config.loops if loops is None else loops
             check_loops(loops)
-            return [self._stack_cache(batch, length, dtype) for _ in range(loops)]
-        if loops is not None:
+            layers = [self._stack_cache(batch, length, dtype) for _ in range(loops)]
+        elif loops is not None:
             raise ValueError(f"loops={loops!r} needs model.stack='looped' "
                              f"(got {cfg.stack!r})")
-        return self._stack_cache(batch, length, dtype)
+        else:
+            layers = self._stack_cache(batch, length, dtype)
+        init_history = getattr(self.embed, "init_history", None)
+        return layers if init_history is None else DecodeCache(layers, init_history(batch))
 
     def _stack_cache(self, batch: int, length: int | None, dtype):
         cfg = self.cfg
@@ -291,7 +302,8 @@ class LM(nnx.Module):
                  exit_at_step: int | None = None, exit_threshold: float | None = None,
                  weighted_exit: bool | None = None,
                  return_loop_logits: bool = True, targets: jax.Array | None = None,
-                 target_mask: jax.Array | None = None) -> LMOutput:
+                 target_mask: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> LMOutput:
         """tokens int [B, T] -> LMOutput. Looped stacks only (ValueError otherwise): ``loops``
         (T for this call, default the configured one), ``exit_at_step`` (0-based loop whose
         logits are returned), ``exit_threshold`` (q in (0, 1]: per token the first loop whose
@@ -301,16 +313,32 @@ class LM(nnx.Module):
         1 = trained on): training targets for heads with training-only losses (a head with
         ``training_losses(x, targets, embed, mask=) -> {name: weighted scalar}``, e.g.
         over-decoding's extra future-token heads): their losses join ``aux_losses``; other heads
-        ignore them."""
+        ignore them. ``segment_ids`` int [B, T]: packed-document ids for embeds that cut their
+        look-back at document boundaries (over-encoding with boundary="segment").
+        A ``DecodeCache`` (from ``init_cache`` when the embed keeps a history) is returned
+        updated in ``LMOutput.cache``."""
         cfg = self.cfg
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
         if tokens.shape[1] > cfg.max_seq_len:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len="
                              f"{cfg.max_seq_len}")
-        H, tables = self._stream(tokens)
-        loop_kw = dict(loops=loops, exit_at_step=exit_at_step, exit_threshold=exit_threshold,
-                       weighted_exit=weighted_exit)
+        embed_state = None
+        if isinstance(cache, DecodeCache):
+            embed_state, cache = cache.embed, cache.layers
+        H, tables = self._stream(tokens, segment_ids, embed_state)
+        out = self._call_stack(H, tables, positions, cache, return_intermediates,
+                               return_loop_logits, targets, target_mask, loops=loops,
+                               exit_at_step=exit_at_step, exit_threshold=exit_threshold,
+                               weighted_exit=weighted_exit)
+        if embed_state is None:
+            return out
+        state = self.embed.advance(embed_state, tokens, segment_ids)
+        return out._replace(cache=DecodeCache(out.cache, state))
+
+    def _call_stack(self, H, tables, positions, cache, return_intermediates,
+                    return_loop_logits, targets, target_mask, **loop_kw) -> LMOutput:
+        cfg = self.cfg
         head_train = None if targets is None else getattr(self.head, "training_losses", None)
         if self.looped:
             if head_train is not None:
@@ -331,9 +359,22 @@ class LM(nnx.Module):
             aux = {**aux, **head_train(x, targets, self.embed, mask=target_mask)}
         return LMOutput(logits.astype(jnp.float32), aux, cache, inter)
 
-    def _stream(self, tokens: jax.Array):
-        """tokens [B, T] -> (the connection's stream H [B, T, ...], shared memory tables)."""
-        x = constrain(self.embed(tokens), ("batch", "length", "embed"))
+    def _stream(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
+                embed_state: Any = None):
+        """tokens [B, T] -> (the connection's stream H [B, T, ...], shared memory tables).
+        ``segment_ids`` / ``embed_state`` go to embeds that take them (over-encoding)."""
+        kw = {}
+        if segment_ids is not None:
+            kw["segment_ids"] = segment_ids
+        if embed_state is not None:
+            kw["history"] = embed_state
+        try:
+            x = self.embed(tokens, **kw)
+        except TypeError as e:
+            if not kw:
+                raise
+            raise ValueError(f"model.embed={self.cfg.embed!r} takes no {sorted(kw)}: {e}") from e
+        x = constrain(x, ("batch", "length", "embed"))
         H = self.connection.expand(x, self.cfg)
         return H, (None if self.memory_tables is None else self.memory_tables())
 

@@ -6,7 +6,8 @@ Presets:
 * ``dp``:       data parallel only.
 * ``fsdp``:     batch over (data, fsdp); parameters sharded along "embed" over fsdp.
 * ``fsdp_tp``:  fsdp + tensor parallel over "model" (heads, mlp, vocab) - the default.
-* ``fsdp_tp_mem``: fsdp_tp + memory tables' rows over "mem" and experts over "expert".
+* ``fsdp_tp_mem``: fsdp_tp + memory tables' and over-encoding n-gram tables' rows over "mem" and
+  experts over "expert".
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fsdp_tp": {**_BATCH, "embed": "fsdp", "heads": "model", "kv_heads": "model",
                 "mlp": "model", "vocab": "model"},
 }
-PRESETS["fsdp_tp_mem"] = {**PRESETS["fsdp_tp"], "mem_rows": "mem", "expert": "expert"}
+PRESETS["fsdp_tp_mem"] = {**PRESETS["fsdp_tp"], "mem_rows": "mem", "ngram_rows": "mem",
+                          "expert": "expert"}
 
 
 def get_rules(name: str) -> dict[str, Any]:

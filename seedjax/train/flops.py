@@ -63,6 +63,10 @@ def _single_pass_flops(cfg: LMConfig, seq_len: int) -> dict[str, float]:
     else:
         for part, flops in _factory_flops("ffn", cfg.ffn, cfg).items():
             out[part] = L * flops
+    for kind in ("embed", "head"):  # optional terms (over-encoding projections, extra heads)
+        extra = getattr(lookup(kind, getattr(cfg, kind)), "flops_per_token", None)
+        for part, flops in (extra(cfg) if extra is not None else {}).items():
+            out[part] = out.get(part, 0) + flops
     if cfg.memory != "none":
         n_units = len(cfg.memory_pairs)
         for part, flops in _factory_flops("memory", cfg.memory, cfg).items():
