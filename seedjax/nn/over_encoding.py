@@ -19,14 +19,15 @@ the block-diagonal [S w, S D] matrix summed over slices). With ``table_sharding`
 (``seedjax.ops.sharded_lookup``); the table's logical axes are ("ngram_rows", "ngram_dim").
 
 Normalisation (``norm``): "mean" (Alg. 1: the whole sum / (1 + S); default), "ngram_mean"
-(x + sum / (1 + S), LongCat-Lite), "sqrt" (/ sqrt(1 + S)). Without the 1-gram table
-(``unigram=False``, the Table 3 ablation) the count is S.
+(x + sum / (1 + S), LongCat-Lite), "sqrt" (/ sqrt(1 + S)). Without the 1-gram input term
+(``unigram=False``, the Table 3 ablation) the count is S; the 1-gram table still exists and
+serves a tied output head (so the ablation changes the input only).
 
 Optimizer labels: the n-gram table has ``weight_decay=False`` and ``lr_group="ngram_tables"``
 (``train.lr_multipliers.ngram_tables`` sets its learning rate); projections are ordinary.
 
 Shapes: ``__call__(tokens int [B, T], *, segment_ids=None | int [B, T], history=None |
-OEHistory) -> [B, T, D]``; ``attend(x [.., D]) -> [.., V]`` float32 (tied heads; needs the
+OEHistory) -> [B, T, D]``; ``attend(x [.., D]) -> [.., V]`` float32 (tied heads: the
 1-gram table). Decode: ``init_history(B)`` and ``advance(history, tokens, segment_ids)`` keep the
 last ``history_len = max(orders) - 1`` tokens so one-token steps equal the full forward.
 """
@@ -61,10 +62,11 @@ class OverEncodingConfig:
     """vocab_size V, d_model D; ``m``: rows of the first slice's table (slice s: m + 2 s);
     ``n``: the largest n-gram order (orders 2..n) unless ``orders`` lists them, e.g. (3,) for the
     {1, 3} hierarchy; ``k`` slices per order; ``width`` per slice (default D / (k len(orders)));
-    ``unigram``: include E_V(x_t); ``norm`` in NORMS; ``bias``: projection biases;
+    ``unigram``: add E_V(x_t) to the input; ``norm`` in NORMS; ``bias``: projection biases;
     ``boundary`` in ("eos", "segment", "none") with ``eos_id`` (``seedjax.ops.ngram_rows``);
     ``row_multiple``: pad the flat table's rows to a multiple (device counts); sharding:
-    ``table_sharding`` None | "psum" | "all_to_all" over ``table_axis``."""
+    ``table_sharding`` None | "psum" | "all_to_all" over ``table_axis``; ``allow_collisions``:
+    accept a modulus that is a multiple of V (warning; the paper's Table 4 ablation)."""
     vocab_size: int
     d_model: int
     m: int
@@ -82,6 +84,7 @@ class OverEncodingConfig:
     table_sharding: str | None = None
     table_axis: str = "mem"
     table_capacity_factor: float | None = None
+    allow_collisions: bool = False
 
     def __post_init__(self):
         own = "model.embed_kwargs"
@@ -114,7 +117,8 @@ class OverEncodingConfig:
                              f"{MAX_MODULUS}")
         check_table_sharding(own, self.table_sharding, self.table_axis,
                              self.table_capacity_factor)
-        check_moduli(self.vocab_size, self.moduli, self.slice_orders, owner=own)
+        check_moduli(self.vocab_size, self.moduli, self.slice_orders, owner=own,
+                     allow_multiple=self.allow_collisions)
 
     @property
     def resolved_orders(self) -> tuple[int, ...]:
@@ -171,8 +175,8 @@ class OverEncodingEmbed(nnx.Module):
     def __init__(self, config: OverEncodingConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         c = self.config = config
         self.dtype = dtype
-        self.unigram = (TokenEmbedding(c.vocab_size, c.d_model, init_std=c.init_std,
-                                       dtype=dtype, rngs=rngs) if c.unigram else None)
+        self.unigram = TokenEmbedding(c.vocab_size, c.d_model, init_std=c.init_std, dtype=dtype,
+                                      rngs=rngs)
         w = c.slice_width
         self.ngram_table = param(rngs, normal_init(c.init_std), (c.table_rows, w),
                                  ("ngram_rows", "ngram_dim"), weight_decay=False,
@@ -237,7 +241,7 @@ class OverEncodingEmbed(nnx.Module):
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
         ngram = self.project_slices(self.slice_embeddings(
             self.rows(tokens, segment_ids=segment_ids, history=history)))
-        x = self.unigram(tokens) if self.unigram is not None else jnp.zeros_like(ngram)
+        x = self.unigram(tokens) if c.unigram else jnp.zeros_like(ngram)
         if c.norm == "mean":
             return (x + ngram) / c.n_terms
         if c.norm == "ngram_mean":
@@ -245,9 +249,6 @@ class OverEncodingEmbed(nnx.Module):
         return (x + ngram) / math.sqrt(c.n_terms)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        if self.unigram is None:
-            raise ValueError("a tied head needs the 1-gram table: over-encoding with "
-                             "unigram=False needs model.head='untied'")
         return self.unigram.attend(x)
 
     # ---- decode -----------------------------------------------------------------------------

@@ -55,11 +55,12 @@ def lag_period(vocab_size: int, modulus: int, lag: int) -> int:
 
 
 def check_moduli(vocab_size: int, moduli: Sequence[int], orders: Sequence[int], *,
-                 owner: str = "over_encoding") -> list[str]:
+                 owner: str = "over_encoding", allow_multiple: bool = False) -> list[str]:
     """Validates slice moduli (``moduli[s]`` belongs to n-gram order ``orders[s]``).
 
-    ValueError when a modulus is out of (0, 2^31 - 1] or a multiple of V for a hashed table;
-    a warning (returned and issued) for every lag whose period is below V."""
+    ValueError when a modulus is out of (0, 2^31 - 1] or a multiple of V for a hashed table
+    (``allow_multiple=True``: a warning instead, for the paper's Table 4 ablation); a warning
+    (returned and issued) for every lag whose period is below V."""
     notes = []
     for s, (m, n) in enumerate(zip(moduli, orders)):
         if not isinstance(m, (int, np.integer)) or not 0 < m <= MAX_MODULUS:
@@ -67,11 +68,11 @@ def check_moduli(vocab_size: int, moduli: Sequence[int], orders: Sequence[int], 
                              f"[1, {MAX_MODULUS}]")
         if m >= vocab_size**n:  # every n-gram id < V^n has its own row: nothing is hashed
             continue
-        if m % vocab_size == 0:
+        if m % vocab_size == 0 and not allow_multiple:
             raise ValueError(f"{owner}: slice {s} (order {n}) modulus {m} is a multiple of the "
                              f"vocabulary size {vocab_size}: the previous token would only enter "
                              f"mod {m // vocab_size} (structured collisions, paper Table 4); "
-                             "choose m not divisible by V")
+                             "choose m not divisible by V (or allow_collisions=True)")
         for lag in range(n):
             period = lag_period(vocab_size, m, lag)
             if period < vocab_size:
