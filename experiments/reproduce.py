@@ -250,7 +250,9 @@ def report_text(out: str, config: str, rows: list, results: list, base=None,
             plot_task_accuracy(out, rows, by_row, task_names)
         lines += ["", "Plot: `tasks.png` (every seed of every row, mean ± std, chance)."]
     if series:  # loss against a swept quantity (experiments/sweep_series.py)
-        lines += write_series(out, series, loss, plot=plots)
+        per_seed = {n: {x["seed"]: x["val_loss"] for x in res if x.get("val_loss") is not None}
+                    for n, res in by_row.items()}
+        lines += write_series(out, series, loss, plot=plots, per_seed=per_seed)
     return "\n".join(lines) + "\n"
 
 

@@ -8,8 +8,10 @@ A paper config may define ``get_series(variant)`` next to ``get_sweep``; each se
    "points": [("slots_1k", 1024), ("ultramem", 4096), ...],     # (sweep row, x)
    "paper": {"label": "UltraMem Table 3, val loss",              # optional
              "points": [(1, 2.789), (4, 2.772), ...]},
-   "min_yspan": 0.04}     # optional: our panel's y-range spans at least this (nats), so that
+   "min_yspan": 0.04,     # optional: our panel's y-range spans at least this (nats), so that
                           # differences inside the seed spread are not drawn as a slope
+   "fit": "log10",        # optional: fit loss = a + b log10(x) per seed; the slope b over the
+   "paper_slope": -0.0256}  # seeds gets the declared verdict rule (b vs 0) and the paper's b
 
 ``experiments.reproduce`` draws each series (ours: mean ± std over the finished seeds; the
 paper's numbers in a panel beside it, since the scales differ) and appends a table per series to
@@ -21,8 +23,29 @@ import math
 import os
 
 from experiments.seed_stats import mean_std_text
+from experiments.verdict import compare
 
 REQUIRED = ("name", "xlabel", "points")
+FITS = ("log10",)
+
+
+def log10_slope(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares (a, b) of y = a + b log10(x) through (x, y) points (at least two xs)."""
+    xs = [math.log10(x) for x, _ in points]
+    ys = [y for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if len(points) < 2 or sxx == 0:
+        raise ValueError(f"a log10 fit needs at least two distinct x values, got {points}")
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return my - b * mx, b
+
+
+def seed_slopes(series: dict, per_seed: dict) -> dict:
+    """Slope b of the per-seed fit for every seed that finished every point of the series."""
+    seeds = set.intersection(*[set(per_seed.get(r, {})) for r, _ in series["points"]])
+    return {sd: log10_slope([(x, per_seed[r][sd]) for r, x in series["points"]])[1]
+            for sd in sorted(seeds)}
 
 
 def validate_series(series: list, row_names) -> None:
@@ -42,15 +65,33 @@ def validate_series(series: list, row_names) -> None:
             raise ValueError(f"series {s['name']!r} names rows {unknown} that are not in the "
                              f"sweep; rows: {sorted(names)}")
         for _, x in s["points"]:
-            if s.get("logx") and not x > 0:
-                raise ValueError(f"series {s['name']!r}: logx needs x > 0, got {x}")
+            if (s.get("logx") or s.get("fit")) and not x > 0:
+                raise ValueError(f"series {s['name']!r}: logx / fit needs x > 0, got {x}")
+        if s.get("fit") not in (None,) + FITS:
+            raise ValueError(f"series {s['name']!r}: fit={s['fit']!r} is not allowed; "
+                             f"allowed: {FITS} or none")
 
 
-def write_series(out: str, series: list, stats_by_row: dict, plot: bool = True) -> list[str]:
+def fit_lines(s: dict, per_seed: dict) -> list[str]:
+    """Markdown lines stating the per-seed log10 fit of series ``s`` and its verdict."""
+    slopes = seed_slopes(s, per_seed)
+    paper = (f"; paper: b = {s['paper_slope']:+.4f} per decade" if "paper_slope" in s else "")
+    if not slopes:
+        return ["", f"Fit loss = a + b log10(x): no seed has finished every point yet{paper}."]
+    c = compare(list(slopes.values()))
+    ci = "" if c.ci is None else f", 95% CI [{c.ci[0]:+.4f}, {c.ci[1]:+.4f}]"
+    return ["", f"Fit loss = a + b log10(x) per seed (seeds {sorted(slopes)}): b = "
+            f"{mean_std_text(c.mean, c.std, c.n, 4)} per decade{ci}; verdict on b vs 0: "
+            f"**{c.verdict}**{paper}."]
+
+
+def write_series(out: str, series: list, stats_by_row: dict, plot: bool = True,
+                 per_seed: dict | None = None) -> list[str]:
     """Draws ``<out>/series_<name>.png`` per series (unless ``plot`` is False) and returns
     markdown lines for table.md.
 
-    stats_by_row: row name -> (mean, std, n) of the final val loss (n = 0: not run yet).
+    stats_by_row: row name -> (mean, std, n) of the final val loss (n = 0: not run yet);
+    per_seed: row name -> {seed: final val loss} (needed by series with a ``fit``).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -71,6 +112,8 @@ def write_series(out: str, series: list, stats_by_row: dict, plot: bool = True) 
             p = paper_y.get(x)
             lines.append(f"| {x:g} | {r} | {ours} |"
                          + ((f" {p:g} |" if p is not None else " - |") if paper else ""))
+        if s.get("fit"):
+            lines += fit_lines(s, per_seed or {})
         if not plot:
             continue
         fig, axes = plt.subplots(1, 2 if paper else 1, figsize=(10 if paper else 5.5, 4),
@@ -80,6 +123,11 @@ def write_series(out: str, series: list, stats_by_row: dict, plot: bool = True) 
         if done:
             xs, ms, sds = zip(*sorted(done))
             ax.errorbar(xs, ms, yerr=sds, fmt="-o", capsize=4, color="C0")
+            if s.get("fit") and len(set(xs)) > 1:
+                a, b = log10_slope(list(zip(xs, ms)))
+                ax.plot(xs, [a + b * math.log10(x) for x in xs], ":", color="C2",
+                        label=f"fit of the means: b = {b:+.4f}/decade")
+                ax.legend(fontsize=7)
         for r, x in s["points"]:
             m, _, n = stats_by_row[r]
             if n and math.isfinite(m):
