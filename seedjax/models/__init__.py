@@ -7,3 +7,4 @@ __all__ = ["LMConfig", "LM", "LMOutput", "lookup", "names", "register"]
 from seedjax.models import moe_factories  # noqa: F401,E402
 from seedjax.models import looped_factories  # noqa: F401,E402
 from seedjax.models import over_encoding_factories  # noqa: F401,E402
+from seedjax.models import over_decoding_factories  # noqa: F401,E402
