@@ -21,7 +21,7 @@ setup(
         "matplotlib",
         "tensorboardX",
         "safetensors>=0.8.0",  # seedjax.convert (HF checkpoints)
-        "tokenizers>=0.23.3",  # HF tokenizer.json (experiments/generate_looped.py)
+        "tokenizers>=0.23.3",  # BPE (seedjax.data.tokenizers, imported lazily), tokenizer.json
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6"],

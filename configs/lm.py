@@ -1,5 +1,8 @@
 """Decoder LM on the default corpus (the Python standard library's source, byte-level).
 
+A BPE vocabulary instead of bytes: ``--config.data.tokenizer=bpe --config.data.vocab_size=4096
+--config.model.vocab_size=4096``; English text: ``--config.data.source=gcide`` or ``fortunes``.
+
 Variants (``--config configs/lm.py:<variant>``):
   smoke  seconds on a laptop CPU (tests use it)
   tiny   the demo: a few minutes on 2 CPU cores
@@ -32,7 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(c.model)
 
     c.data = ml_collections.ConfigDict(dict(
-        source="stdlib", seq_len=128, batch_size=16, val_fraction=0.02, max_val_batches=8))
+        source="stdlib", seq_len=128, batch_size=16, val_fraction=0.02, max_val_batches=8,
+        # "byte", "bpe" (trained on the train split, <workdir>/tokenizer.json) or a
+        # tokenizer.json path; vocab_size is the BPE's size (= model.vocab_size for "bpe")
+        tokenizer="byte", vocab_size=4096))
 
     c.train = ml_collections.ConfigDict(dict(
         seed=0, steps=600, lr=3e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1,

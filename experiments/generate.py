@@ -2,6 +2,9 @@
 
   python -m experiments.generate --workdir runs/tiny --prompt "def " --length 200 \
       --temperature 0.8 --top_p 0.95     # --temperature 0 for greedy
+
+Text is encoded and decoded with the run's tokenizer: bytes, or the run's
+``<workdir>/tokenizer.json`` when it trained with ``data.tokenizer="bpe"`` or a file.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def main(argv):
                 check_field(f"--{k}", f"sample.{k}", getattr(FLAGS, k))
     except ConfigError as e:
         fail(e)
-    from seedjax.data import ByteTokenizer
+    from seedjax.data.pipeline import run_tokenizer
     from seedjax.eval.sampling import sample_text
     from seedjax.train.restore import load_model
     try:
@@ -45,7 +48,8 @@ def main(argv):
                  for k in ("prompt", "length", "temperature", "top_p")}
         validate_sample(prompt, length, temperature, top_p, max_seq_len=model.cfg.max_seq_len,
                         num_samples=FLAGS.num_samples, names={**names, "num_samples": "--num_samples"})
-        text = sample_text(model, ByteTokenizer(), prompt, length, temperature=temperature,
+        tokenizer = run_tokenizer(FLAGS.workdir, config.data.get("tokenizer", "byte"))
+        text = sample_text(model, tokenizer, prompt, length, temperature=temperature,
                            top_p=top_p, seed=FLAGS.seed, num_samples=FLAGS.num_samples)
     except ValueError as e:
         fail(e)

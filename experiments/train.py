@@ -3,7 +3,8 @@
   python -m experiments.train --config configs/lm.py:tiny --workdir runs/tiny \
       [--config.train.steps=600] [--config.data.source=/path/to/text]
 
-At the end it prints validation bits-per-byte and a text sample, and writes loss.png,
+At the end it prints validation bits-per-byte and a text sample (encoded and decoded with the
+run's tokenizer, data.tokenizer), and writes loss.png,
 metrics.jsonl and TensorBoard events to the workdir. Multi-host: pass --coordinator,
 --num_processes and --process_id (or --distributed_auto on TPU pods / SLURM).
 
@@ -83,7 +84,7 @@ def main(argv):
     print(f"status: {summary['status']} at step {summary['step']} "
           f"({summary['n_params'] / 1e6:.2f}M parameters)")
     if summary["val"]:
-        print(f"validation: loss {summary['val']['loss']:.4f} nats/byte, "
+        print(f"validation: loss {summary['val']['loss']:.4f} nats/token, "
               f"bits/byte {summary['val']['bits_per_byte']:.4f}")
     if summary["train"] and "tokens_per_s" in summary["train"]:  # absent: no timed step
         t = summary["train"]

@@ -1,4 +1,23 @@
-"""grain input pipeline for byte-level language modelling.
+"""grain input pipeline for language modelling (bytes or a BPE vocabulary).
+
+Tokenizer
+---------
+``build_lm_data(tokenizer=...)`` (config ``data.tokenizer``; see
+``seedjax.data.tokenizers``): ``"byte"`` (default) reads UTF-8 bytes;
+``"bpe"`` trains a byte-level BPE of ``vocab_size`` tokens (``data.vocab_size``)
+on the documents of the TRAIN split only (all of them, no subset: 4-12 s
+for the stdlib's 31 MB with 4096 tokens on 2 shared CPU cores, and encoding
+the corpus about 10 s more) and saves it as ``<workdir>/tokenizer.json``;
+when that file already exists (a resumed run) it is loaded instead, so a
+resumed run uses the identical tokenizer (with several processes each trains
+the same tokenizer, training being deterministic, and writes the same file
+atomically). A path loads that ``tokenizer.json``
+(and copies it into the workdir). ``task:`` sources are byte-level only. The
+tokenizer's fingerprint (a hash of its JSON) is part of the data state's
+fingerprint (bytes: absent, as before), so a run is not resumed with a
+different tokenizer. ``LMData.val_tokens_per_byte`` converts the val loss
+from nats per token to bits per byte. Token streams are ``uint8`` (bytes),
+``uint16`` (vocabularies up to 65,536) or ``int32``.
 
 Data format
 -----------
@@ -54,15 +73,19 @@ grain is imported lazily, so ``import seedjax.data`` does not load it.
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 
-from seedjax.data.sources import Corpus, get_corpus, token_streams
+from seedjax.data.sources import Corpus, get_corpus, token_streams, train_texts
 from seedjax.data.synthetic import is_task_source, task_streams
-from seedjax.data.tokenizers import ByteTokenizer
+from seedjax.data.tokenizers import (ByteTokenizer, check_bpe_vocab_size, load_tokenizer,
+                                     train_bpe)
 from seedjax.validation import check_int
 
-__all__ = ["LMData", "build_lm_data"]
+__all__ = ["LMData", "build_lm_data", "resolve_tokenizer", "run_tokenizer", "TOKENIZER_FILE"]
+
+TOKENIZER_FILE = "tokenizer.json"  # a run's tokenizer, in its workdir
 
 _STATE_VERSION = 1
 
@@ -102,14 +125,16 @@ class LMData:
     dicts), ``tokenizer``, ``corpus``, ``train_tokens``, ``val_tokens``,
     ``seq_len``, ``batch_size`` (global), ``local_batch_size``,
     ``train_windows``, ``val_windows``, ``steps_per_epoch`` (global batches per
-    pass over the train windows), ``worker_count``. With ``worker_count > 0``
+    pass over the train windows), ``worker_count``, ``val_tokens_per_byte``
+    (target tokens per UTF-8 byte over the val batches: 1.0 for bytes; turns
+    nats per token into bits per byte). With ``worker_count > 0``
     call ``train_iter.close()`` when done to stop the worker processes.
     """
 
     def __init__(self, *, train_iter, val_batches: list, tokenizer, corpus: Corpus,
                  train_tokens: int, val_tokens: int, seq_len: int, batch_size: int,
                  local_batch_size: int, train_windows: int, val_windows: int,
-                 worker_count: int, fingerprint: dict):
+                 worker_count: int, fingerprint: dict, val_tokens_per_byte: float = 1.0):
         self.train_iter = train_iter
         self._val_batches = val_batches
         self.tokenizer = tokenizer
@@ -124,6 +149,7 @@ class LMData:
         self.steps_per_epoch = train_windows // batch_size
         self.worker_count = worker_count
         self.fingerprint = fingerprint
+        self.val_tokens_per_byte = val_tokens_per_byte
 
     def val_batches(self) -> list[dict]:
         """The fixed val batches (same list contents on every call; copies)."""
@@ -182,14 +208,106 @@ class LMData:
                 f"val_tokens={self.val_tokens})")
 
 
+def _is_tokenizer(obj) -> bool:
+    return all(hasattr(obj, a) for a in ("encode", "decode", "vocab_size", "eos_id"))
+
+
+def resolve_tokenizer(spec="byte", *, corpus: Corpus | None = None, vocab_size: int = 4096,
+                      workdir: str | None = None):
+    """The tokenizer of ``data.tokenizer=spec`` (see the module docstring).
+
+    ``"byte"`` -> ``ByteTokenizer``. ``"bpe"`` -> ``<workdir>/tokenizer.json``
+    if it exists (a resumed run reuses its tokenizer; its size must equal
+    ``vocab_size``), else a BPE of ``vocab_size`` tokens trained on the train
+    split of ``corpus`` and saved there. Any other string is the path of a
+    ``tokenizer.json``; with a ``workdir`` it is copied to
+    ``<workdir>/tokenizer.json``, and a different tokenizer already there is
+    an error. A tokenizer object is returned as is.
+    """
+    if _is_tokenizer(spec):
+        if spec.eos_id != 0:
+            raise ValueError(f"data.tokenizer: the tokenizer's eos_id is {spec.eos_id}; "
+                             "seedjax streams need eos_id == 0.")
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"data.tokenizer={spec!r} is not allowed; allowed: 'byte', 'bpe' or "
+                         "the path of a tokenizer.json file.")
+    if spec == "byte":
+        return ByteTokenizer()
+    saved = os.path.join(workdir, TOKENIZER_FILE) if workdir else None
+    if spec == "bpe":
+        vocab_size = check_bpe_vocab_size(vocab_size)
+        if saved and os.path.isfile(saved):
+            tok = load_tokenizer(saved, field=f"data.tokenizer='bpe' ({TOKENIZER_FILE} of the run)")
+            if tok.vocab_size != vocab_size:
+                raise ValueError(
+                    f"data.vocab_size={vocab_size}, but this run's tokenizer {saved} has "
+                    f"{tok.vocab_size} tokens; resume with data.vocab_size={tok.vocab_size} "
+                    "or use a new workdir.")
+            return tok
+        if corpus is None:
+            raise ValueError("data.tokenizer='bpe' needs the corpus to train on.")
+        tok = train_bpe(train_texts(corpus), vocab_size)
+        if saved:
+            tok.save(saved)
+        return tok
+    tok = load_tokenizer(os.path.expanduser(spec))
+    if saved:
+        if not os.path.isfile(saved):
+            tok.save(saved)
+        elif load_tokenizer(saved).fingerprint != tok.fingerprint:
+            raise ValueError(
+                f"data.tokenizer={spec!r} differs from the tokenizer this workdir's run was "
+                f"trained with ({saved}); use that file or a new workdir.")
+    return tok
+
+
+def run_tokenizer(workdir: str, spec="byte"):
+    """The tokenizer a training run used, for sampling from its checkpoints.
+
+    ``spec`` is the run's ``data.tokenizer``. Anything but ``"byte"`` reads
+    ``<workdir>/tokenizer.json`` (written by the run); a path spec falls back
+    to that path if the workdir has no copy.
+    """
+    if spec == "byte" or spec is None:
+        return ByteTokenizer()
+    saved = os.path.join(workdir, TOKENIZER_FILE)
+    if os.path.isfile(saved):
+        return load_tokenizer(saved, field=f"data.tokenizer={spec!r} ({TOKENIZER_FILE} of the run)")
+    if spec != "bpe":
+        return load_tokenizer(spec)
+    raise ValueError(f"data.tokenizer='bpe': the run's tokenizer {saved} is missing; it is "
+                     "written when training starts (train first, or restore the file).")
+
+
+def _val_tokens_per_byte(tokenizer, tokens: np.ndarray, ids: np.ndarray, seq_len: int,
+                         mask: np.ndarray | None) -> float:
+    """Target tokens per byte over the val windows ``ids`` (1.0 for the byte tokenizer)."""
+    if isinstance(tokenizer, ByteTokenizer) or not hasattr(tokenizer, "token_byte_lengths"):
+        return 1.0
+    lengths = np.asarray(tokenizer.token_byte_lengths(), np.int64)
+    idx = ids.reshape(-1, 1).astype(np.int64) * seq_len + 1 + np.arange(seq_len)
+    weight = np.ones(idx.shape) if mask is None else mask[idx].astype(np.float64)
+    n_bytes = float((lengths[tokens[idx].astype(np.int64)] * weight).sum())
+    return float(weight.sum()) / max(n_bytes, 1.0)
+
+
 def build_lm_data(*, source: str = "stdlib", seq_len: int, batch_size: int,
                   seed: int, val_fraction: float = 0.02, max_val_batches: int = 8,
                   process_index: int = 0, process_count: int = 1,
-                  worker_count: int = 0) -> LMData:
+                  worker_count: int = 0, tokenizer="byte", vocab_size: int = 4096,
+                  workdir: str | None = None, model_vocab_size: int | None = None) -> LMData:
     """Builds the train iterator and val batches (see the module docstring).
 
+    ``tokenizer``: ``"byte"`` (default), ``"bpe"`` (``vocab_size`` tokens,
+    trained on the train split, kept in ``<workdir>/tokenizer.json``), the path
+    of a ``tokenizer.json``, or a tokenizer object (``resolve_tokenizer``).
+    ``model_vocab_size``: when given, a tokenizer other than bytes must have
+    exactly this many tokens.
+
     Raises ``ValueError`` naming the field for invalid arguments, a missing
-    path, or a corpus too small for one global batch in either split.
+    path or tokenizer file, a tokenizer/model vocabulary mismatch, or a
+    corpus too small for one global batch in either split.
     """
     seq_len = check_int("data.seq_len", seq_len, 1)
     batch_size = check_int("data.batch_size", batch_size, 1)
@@ -210,13 +328,30 @@ def build_lm_data(*, source: str = "stdlib", seq_len: int, batch_size: int,
         )
     local_bs = batch_size // process_count
 
-    tokenizer = ByteTokenizer()
     train_mask = val_mask = None
     if is_task_source(source):
+        if tokenizer != "byte" and not isinstance(tokenizer, ByteTokenizer):
+            raise ValueError(
+                f"data.tokenizer={tokenizer!r} with data.source={source!r}: task: sources "
+                "are generated as byte tokens; use data.tokenizer='byte'.")
+        tokenizer = ByteTokenizer()
         corpus, train_tok, val_tok, train_mask, val_mask = task_streams(
             source, seq_len=seq_len, seed=seed, val_fraction=val_fraction, tokenizer=tokenizer)
     else:
+        if (tokenizer == "bpe" and model_vocab_size is not None
+                and check_bpe_vocab_size(vocab_size) != model_vocab_size):  # before training
+            raise ValueError(
+                f"data.vocab_size={vocab_size} (data.tokenizer='bpe') differs from "
+                f"model.vocab_size={model_vocab_size}; set both to the same number.")
         corpus = get_corpus(source, val_fraction)
+        tokenizer = resolve_tokenizer(tokenizer, corpus=corpus, vocab_size=vocab_size,
+                                      workdir=workdir)
+        if (model_vocab_size is not None and not isinstance(tokenizer, ByteTokenizer)
+                and tokenizer.vocab_size != model_vocab_size):
+            raise ValueError(
+                f"the tokenizer (data.tokenizer, data.vocab_size) has {tokenizer.vocab_size} "
+                f"tokens but model.vocab_size={model_vocab_size}; they must be equal (set "
+                f"model.vocab_size={tokenizer.vocab_size}).")
         train_tok, val_tok = token_streams(corpus, tokenizer)
     n_train = max(len(train_tok) - 1, 0) // seq_len
     n_val = max(len(val_tok) - 1, 0) // seq_len
@@ -262,6 +397,7 @@ def build_lm_data(*, source: str = "stdlib", seq_len: int, batch_size: int,
     val_ids = spread.reshape(n_val_batches, batch_size)[:, rows]
     val_batcher = _WindowBatcher(val_tok, seq_len, mask=val_mask)
     val_batches = [val_batcher(ids) for ids in val_ids]
+    val_tokens_per_byte = _val_tokens_per_byte(tokenizer, val_tok, spread, seq_len, val_mask)
 
     fingerprint = {
         "content_crc32": corpus.description["content_crc32"],
@@ -270,10 +406,13 @@ def build_lm_data(*, source: str = "stdlib", seq_len: int, batch_size: int,
         "batch_size": batch_size,
         "train_windows": n_train,
     }
+    if not isinstance(tokenizer, ByteTokenizer):  # (absent for bytes: older states still load)
+        fingerprint["tokenizer"] = getattr(tokenizer, "fingerprint", type(tokenizer).__name__)
     return LMData(
         train_iter=train_iter, val_batches=val_batches, tokenizer=tokenizer,
         corpus=corpus, train_tokens=int(len(train_tok)),
         val_tokens=int(len(val_tok)), seq_len=seq_len, batch_size=batch_size,
         local_batch_size=local_bs, train_windows=n_train, val_windows=n_val,
         worker_count=worker_count, fingerprint=fingerprint,
+        val_tokens_per_byte=val_tokens_per_byte,
     )

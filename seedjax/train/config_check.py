@@ -15,6 +15,7 @@ import difflib
 import numbers
 from typing import Any, Callable, Mapping
 
+from seedjax.data.tokenizers import MAX_BPE_VOCAB, MIN_BPE_VOCAB
 from seedjax.models.config import LMConfig
 from seedjax.sharding.mesh import MESH_AXES
 from seedjax.sharding.rules import PRESETS
@@ -63,7 +64,11 @@ SCHEMA: dict[str, Any] = {
         "source": _f("str", lambda v: bool(v), "a non-empty path, 'stdlib' or 'task:...'"),
         "seq_len": _f("int", *POS), "batch_size": _f("int", *POS),
         "val_fraction": _f("float", lambda v: 0 < v < 1, "in (0, 1)"),
-        "max_val_batches": _f("int", *POS)},
+        "max_val_batches": _f("int", *POS),
+        "tokenizer": _f("str", lambda v: v in ("byte", "bpe") or v.endswith(".json"),
+                        "'byte', 'bpe' or the path of a tokenizer.json file"),
+        "vocab_size": _f("int", lambda v: MIN_BPE_VOCAB <= v <= MAX_BPE_VOCAB,
+                         f"in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB}] (used by data.tokenizer='bpe')")},
     "train": {
         "seed": _f("int", *NONNEG), "steps": _f("int", *POS), "lr": _f("float", *GT0),
         "warmup_steps": _f("int", *NONNEG),
@@ -249,6 +254,10 @@ def validate_config(cfg) -> None:
     if data["seq_len"] > model.max_seq_len:
         raise ConfigError(f"data.seq_len={data['seq_len']} exceeds model.max_seq_len="
                           f"{model.max_seq_len}")
+    if data.get("tokenizer", "byte") == "bpe" and data.get("vocab_size", 4096) != model.vocab_size:
+        raise ConfigError(f"data.vocab_size={data.get('vocab_size', 4096)} (data.tokenizer='bpe') "
+                          f"differs from model.vocab_size={model.vocab_size}; set both to the "
+                          "same number")
     if train["warmup_steps"] > train["steps"]:
         raise ConfigError(f"train.warmup_steps={train['warmup_steps']} must be in "
                           f"[0, train.steps={train['steps']}]")

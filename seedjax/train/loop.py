@@ -97,7 +97,10 @@ class Trainer:
             source=config.data.source, seq_len=self.seq_len, batch_size=self.batch_size,
             seed=seed, val_fraction=float(config.data.val_fraction),
             max_val_batches=int(config.data.max_val_batches),
-            process_index=jax.process_index(), process_count=jax.process_count())
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            tokenizer=config.data.get("tokenizer", "byte"),
+            vocab_size=int(config.data.get("vocab_size", 4096)), workdir=workdir,
+            model_vocab_size=self.model_cfg.vocab_size)
         self.batch_spec = PartitionSpec(("data", "fsdp"))
         # repair=True: a corrupt latest step is moved aside (never deleted), see checkpoint.py
         self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -211,7 +214,7 @@ class Trainer:
         self._interval, self._interval_t0, self._untimed = [], time.perf_counter(), 0
 
     def evaluate(self, params) -> dict:
-        """Validation: mean CE ("loss"), bits/byte, token count, and every other eval sum
+        """Validation: mean CE per token ("loss"), bits/byte, token count, and every other eval sum
         (e.g. a looped model's ``loop_ce/t``) divided by the token count."""
         sums: dict = {}
         with jax.set_mesh(self.mesh), activation_rules(self.mesh, self.rules):
@@ -222,7 +225,8 @@ class Trainer:
         n = sums.pop("tokens", 0.0)
         loss = sums.pop("ce_sum", 0.0) / max(n, 1.0)
         extra = {k: v / max(n, 1.0) for k, v in sums.items()}
-        return {"loss": loss, "bits_per_byte": bits_per_byte(loss), "tokens": n, **extra}
+        bpb = bits_per_byte(loss, self.data.val_tokens_per_byte)  # 1 token/byte for bytes
+        return {"loss": loss, "bits_per_byte": bpb, "tokens": n, **extra}
 
     def _eval_hook(self, trainer, step: int) -> None:
         t0 = time.perf_counter()
