@@ -326,8 +326,8 @@ class LM(nnx.Module):
         embed_state = None
         if isinstance(cache, DecodeCache):
             embed_state, cache = cache.embed, cache.layers
-        H, tables = self._stream(tokens, segment_ids, embed_state)
-        out = self._call_stack(H, tables, positions, cache, return_intermediates,
+        H, tables, x_in = self._stream(tokens, segment_ids, embed_state)
+        out = self._call_stack(H, tables, x_in, positions, cache, return_intermediates,
                                return_loop_logits, targets, target_mask, loops=loops,
                                exit_at_step=exit_at_step, exit_threshold=exit_threshold,
                                weighted_exit=weighted_exit)
@@ -336,7 +336,7 @@ class LM(nnx.Module):
         state = self.embed.advance(embed_state, tokens, segment_ids)
         return out._replace(cache=DecodeCache(out.cache, state))
 
-    def _call_stack(self, H, tables, positions, cache, return_intermediates,
+    def _call_stack(self, H, tables, x_in, positions, cache, return_intermediates,
                     return_loop_logits, targets, target_mask, **loop_kw) -> LMOutput:
         cfg = self.cfg
         head_train = None if targets is None else getattr(self.head, "training_losses", None)
@@ -356,13 +356,15 @@ class LM(nnx.Module):
         logits, head_aux = _split_aux(self.head(x, self.embed))
         aux = {**aux, **head_aux}
         if head_train is not None:
-            aux = {**aux, **head_train(x, targets, self.embed, mask=target_mask)}
+            aux = {**aux, **head_train(x, targets, self.embed, mask=target_mask,
+                                       input_embeddings=x_in)}
         return LMOutput(logits.astype(jnp.float32), aux, cache, inter)
 
     def _stream(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
                 embed_state: Any = None):
-        """tokens [B, T] -> (the connection's stream H [B, T, ...], shared memory tables).
-        ``segment_ids`` / ``embed_state`` go to embeds that take them (over-encoding)."""
+        """tokens [B, T] -> (the connection's stream H [B, T, ...], shared memory tables, the
+        input embeddings x [B, T, d]). ``segment_ids`` / ``embed_state`` go to embeds that take
+        them (over-encoding)."""
         kw = {}
         if segment_ids is not None:
             kw["segment_ids"] = segment_ids
@@ -376,7 +378,7 @@ class LM(nnx.Module):
             raise ValueError(f"model.embed={self.cfg.embed!r} takes no {sorted(kw)}: {e}") from e
         x = constrain(x, ("batch", "length", "embed"))
         H = self.connection.expand(x, self.cfg)
-        return H, (None if self.memory_tables is None else self.memory_tables())
+        return H, (None if self.memory_tables is None else self.memory_tables()), x
 
     def _run_loops(self, H, tables, *, loops, positions=None, cache=None,
                    return_intermediates=False) -> LoopOutput:
@@ -396,7 +398,7 @@ class LM(nnx.Module):
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
         n_loops = self.layers.config.loops if loops is None else check_loops(loops)
-        H, tables = self._stream(tokens)
+        H, tables, _ = self._stream(tokens)
         return self._run_loops(H, tables, loops=n_loops)
 
     def head_logits(self, x: jax.Array) -> tuple[jax.Array, dict]:

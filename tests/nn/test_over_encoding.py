@@ -199,3 +199,25 @@ def test_collision_ablation_is_allowed_explicitly():
     with pytest.warns(UserWarning, match="lag 1 has period 17"):
         c = _cfg(m=64 * 17, n=2, k=1, allow_collisions=True)
     assert c.moduli == (1088,)
+
+
+def test_ot_mtp_reads_the_over_encoded_input_embeddings():
+    """OT = OE + MTP-DS: the MTP module's embedding of x_{t+1} is the over-encoded input
+    embedding of the sequence (so x_{t+1} keeps its look-back at x_t), passed by the LM; the
+    total loss is finite and the extra loss is logged."""
+    cfg = LMConfig(vocab_size=64, d_model=24, n_layers=1, n_heads=2, mlp_dim=32, max_seq_len=16,
+                   embed="over_encoding", embed_kwargs=dict(m=997, n=3, k=2),
+                   head="over_decoding", head_kwargs=dict(mode="mtp_ds"))
+    model = LM(cfg, rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.key(0), (2, 9), 0, 64)
+    seen = {}
+    orig = model.head.training_losses
+
+    def spy(*a, input_embeddings=None, **kw):
+        seen["e"] = input_embeddings
+        return orig(*a, input_embeddings=input_embeddings, **kw)
+
+    model.head.training_losses = spy
+    out = model(x[:, :-1], targets=x[:, 1:])
+    np.testing.assert_allclose(seen["e"], model.embed(x[:, :-1]), rtol=1e-6)
+    assert np.isfinite(float(out.aux_losses["od/mtp_ce_2"]))
