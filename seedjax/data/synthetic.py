@@ -58,6 +58,7 @@ from typing import NamedTuple
 import numpy as np
 
 from seedjax.data.capo import CapoConfig
+from seedjax.data.cfg import CfgTaskConfig
 from seedjax.data.episodes import episode_rng
 from seedjax.data.looped_tasks import LOOPED_TASKS
 from seedjax.data.memory_tasks import MEMORY_TASKS
@@ -68,7 +69,8 @@ __all__ = ["TASK_PREFIX", "TASKS", "TaskSource", "TaskStreams", "make_task", "is
            "parse_task_source", "format_task_source", "episode_stream", "task_streams"]
 
 # every task a ``task:`` source can list: name -> config class
-TASKS: dict[str, type] = {**MEMORY_TASKS, **LOOPED_TASKS, "capo": CapoConfig}
+TASKS: dict[str, type] = {**MEMORY_TASKS, **LOOPED_TASKS, "capo": CapoConfig,
+                           "cfg": CfgTaskConfig}
 
 TASK_PREFIX = "task:"
 DEFAULT_BLOCKS = 8192
