@@ -17,7 +17,7 @@ from seedjax.train.state import abstract_model, init_params, model_def, param_la
 from seedjax.train.step import make_train_step
 
 PAPERS = ("hyper_connections", "frac_connections", "seednorm", "representation_collapse",
-          "ultramem", "ultramem_v2", "ouro")
+          "ultramem", "ultramem_v2", "ouro", "over_tokenized")
 
 
 def _rows():
