@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         objective="lm", objective_kwargs={},  # seedjax/train/objectives.py
         trainable_groups=None,  # e.g. "exit_gate": only these parameter groups learn
         init_from=None, init_from_step=None,  # start from another run's parameters
+        eval_seen=None,  # also evaluate the first train batches (None: when data repeats)
         debug_kill_at_step=-1))  # fault injection (tests): SIGKILL self after this step
 
     c.mesh = ml_collections.ConfigDict(dict(

@@ -30,7 +30,7 @@ import math
 from configs.papers.common import base_config, row
 
 PAPER_SCALE = {"what": "OLMoE-1.3B (+OE-12.8M)", "params": 1.3e9, "tokens": 500e9}
-SMOKE_TRAIN_ROW = "oe"
+SMOKE_TRAIN_ROW = "ot"      # OE + MTP-DS: the smoke run covers both families
 BPE_VOCAB = 4096
 
 # primes just below 4V .. 64V, per vocabulary size (2-gram table sizes of the vocab sweep)

@@ -60,6 +60,9 @@ Val: ``max_val_batches * B`` val windows spread evenly over the whole val
 stream (window ``i * n_val // (max_val_batches * B)``, no shuffle), so every val
 file contributes; laid out across processes the same way as train batches.
 
+``LMData.seen_batches(n)`` re-reads the first ``n`` train batches of the run's order (grain's
+random access), for evaluating the loss on data the run has already trained on.
+
 State
 -----
 ``LMData.get_state()`` returns a JSON-serialisable dict: grain's iterator
@@ -134,7 +137,8 @@ class LMData:
     def __init__(self, *, train_iter, val_batches: list, tokenizer, corpus: Corpus,
                  train_tokens: int, val_tokens: int, seq_len: int, batch_size: int,
                  local_batch_size: int, train_windows: int, val_windows: int,
-                 worker_count: int, fingerprint: dict, val_tokens_per_byte: float = 1.0):
+                 worker_count: int, fingerprint: dict, val_tokens_per_byte: float = 1.0,
+                 train_dataset=None, train_stream: np.ndarray | None = None):
         self.train_iter = train_iter
         self._val_batches = val_batches
         self.tokenizer = tokenizer
@@ -150,6 +154,15 @@ class LMData:
         self.worker_count = worker_count
         self.fingerprint = fingerprint
         self.val_tokens_per_byte = val_tokens_per_byte
+        self._train_dataset = train_dataset  # random access: global batch k of the train order
+        self.train_stream = train_stream      # the train split's token stream (1-D)
+
+    def seen_batches(self, n: int) -> list[dict]:
+        """The first ``n`` train batches in the run's order (this process's rows): the data a
+        run has trained on once it is past step n, for a seen-vs-unseen loss comparison."""
+        if self._train_dataset is None:
+            raise ValueError("this LMData has no random-access train dataset")
+        return [self._train_dataset[k] for k in range(n)]
 
     def val_batches(self) -> list[dict]:
         """The fixed val batches (same list contents on every call; copies)."""
@@ -414,5 +427,6 @@ def build_lm_data(*, source: str = "stdlib", seq_len: int, batch_size: int,
         val_tokens=int(len(val_tok)), seq_len=seq_len, batch_size=batch_size,
         local_batch_size=local_bs, train_windows=n_train, val_windows=n_val,
         worker_count=worker_count, fingerprint=fingerprint,
-        val_tokens_per_byte=val_tokens_per_byte,
+        val_tokens_per_byte=val_tokens_per_byte, train_dataset=train_ds,
+        train_stream=train_tok,
     )

@@ -8,7 +8,8 @@ the paper's OLMoE-1.3B (n = 3, k = 2):
     model.embed_kwargs = {"m": 12_800_000, "n": 3, "k": 2}
     train.lr_multipliers = {"ngram_tables": 1.0}     # the tables' own lr group (optional)
 
-``init_std`` defaults to the model's. The LM passes ``segment_ids`` (boundary="segment") and keeps
+``init_std`` defaults to the model's. The trainer logs the tables' hits and collisions on the
+train tokens at step 0 (``data_diagnostics``; split "diagnostics" of metrics.jsonl). The LM passes ``segment_ids`` (boundary="segment") and keeps
 the decode history in its cache (``seedjax.models.lm.DecodeCache``).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flax import nnx
 from seedjax.models.config import LMConfig
 from seedjax.models.registry import register
 from seedjax.nn.over_encoding import OverEncodingConfig, OverEncodingEmbed
+from seedjax.ops.ngram_usage import table_usage, usage_metrics
 
 
 def over_encoding_config(cfg: LMConfig, **kw) -> OverEncodingConfig:
@@ -38,4 +40,11 @@ def _flops(cfg: LMConfig) -> dict[str, float]:
     return {"oe_proj": 2 * c.n_slices * c.slice_width * cfg.d_model}
 
 
+def _data_diagnostics(cfg: LMConfig, tokens) -> dict[str, float]:
+    """Per-slice table hits and collisions on the train tokens (logged by the trainer at step 0:
+    ``oe/collision_rate/s<slice>`` etc., ``seedjax.ops.ngram_usage``)."""
+    return usage_metrics(table_usage(over_encoding_config(cfg, **dict(cfg.embed_kwargs)), tokens))
+
+
 over_encoding.flops_per_token = _flops
+over_encoding.data_diagnostics = _data_diagnostics

@@ -2,7 +2,9 @@
 
 Kinds and factory signatures (``cfg`` is an ``LMConfig``; ``kw`` its ``<kind>_kwargs``):
 
-* ``embed``:      ``f(cfg, *, rngs, **kw) -> module(tokens [B,T]) -> x [B,T,d]``
+* ``embed``:      ``f(cfg, *, rngs, **kw) -> module(tokens [B,T]) -> x [B,T,d]``; optionally
+  ``f.flops_per_token(cfg)`` and ``f.data_diagnostics(cfg, tokens) -> {name: float}`` (logged by
+  the trainer at step 0 on the train tokens, e.g. over-encoding's table collisions)
 * ``norm``:       ``f(cfg, dim, *, rngs, **kw) -> module(x) -> x``
 * ``mixer``:      ``f(cfg, layer_idx, *, rngs, **kw) -> module(x, *, positions, cache) -> (y, cache)``
 * ``ffn``:        ``f(cfg, layer_idx, *, rngs, **kw) -> module(x) -> y`` or ``(y, aux_losses: dict)``;
@@ -10,7 +12,9 @@ Kinds and factory signatures (``cfg`` is an ``LMConfig``; ``kw`` its ``<kind>_kw
 * ``connection``: an object with ``make(cfg, sublayer_idx, *, rngs, **kw) -> module`` (with
   ``read``/``write``) and ``expand(x, cfg)`` / ``reduce(H, cfg)`` (see ``seedjax.nn.connections``);
   optionally ``out_init_scale(cfg) -> float`` multiplying the branch output projections' init std
-* ``head``:       ``f(cfg, *, rngs, **kw) -> module(x, embed) -> logits`` or ``(logits, aux_losses)``
+* ``head``:       ``f(cfg, *, rngs, **kw) -> module(x, embed) -> logits`` or ``(logits, aux_losses)``;
+  optionally ``module.training_losses(x, targets, embed, mask=, input_embeddings=)`` (extra
+  training-only losses, e.g. over-decoding) and ``f.flops_per_token(cfg)``
 * ``stack``:      ``f(cfg, *, rngs, **kw) -> module`` holding the blocks: ``LayerStack`` ("plain") or
   a module with ``looped = True`` called as ``module(H, *, finalize, expand, loops, ...)`` returning
   a ``seedjax.nn.looped.LoopOutput`` ("looped": shared blocks applied T times, exit gate)

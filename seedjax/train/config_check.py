@@ -85,7 +85,8 @@ SCHEMA: dict[str, Any] = {
             isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
             "parameter group names, comma-separated or a list", optional=True),
         "init_from": _f("str", lambda v: bool(v), "a run directory", optional=True),
-        "init_from_step": _f("int", *NONNEG, optional=True)},
+        "init_from_step": _f("int", *NONNEG, optional=True),
+        "eval_seen": _f("bool", optional=True)},
     "mesh": {"shape": _f("dict"),
              "rules": _f("str", lambda v: v in PRESETS, f"one of {sorted(PRESETS)}")},
     "sample": {

@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from seedjax.data import build_lm_data
-from seedjax.models import LM, LMConfig
+from seedjax.models import LM, LMConfig, lookup
 from seedjax.nn.partitioning import activation_rules
 from seedjax.sharding.mesh import make_mesh
 from seedjax.sharding.multihost import global_batch
@@ -102,6 +102,10 @@ class Trainer:
             vocab_size=int(config.data.get("vocab_size", 4096)), workdir=workdir,
             model_vocab_size=self.model_cfg.vocab_size)
         self.batch_spec = PartitionSpec(("data", "fsdp"))
+        eval_seen = tc.get("eval_seen")   # None: auto, on when the run repeats its data
+        self.eval_seen = (self.total_steps > self.data.steps_per_epoch if eval_seen is None
+                          else bool(eval_seen))
+        self._seen = None
         # repair=True: a corrupt latest step is moved aside (never deleted), see checkpoint.py
         self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=int(tc.get("keep_checkpoints", 2)), repair=True)
@@ -213,12 +217,13 @@ class Trainer:
                                   tok_s=f"{avg.get('tokens_per_s', float('nan')):.0f}")
         self._interval, self._interval_t0, self._untimed = [], time.perf_counter(), 0
 
-    def evaluate(self, params) -> dict:
+    def evaluate(self, params, batches: list | None = None) -> dict:
         """Validation: mean CE per token ("loss"), bits/byte, token count, and every other eval sum
-        (e.g. a looped model's ``loop_ce/t``) divided by the token count."""
+        (e.g. a looped model's ``loop_ce/t``) divided by the token count. ``batches``: other
+        batches than the val set (e.g. ``data.seen_batches``)."""
         sums: dict = {}
         with jax.set_mesh(self.mesh), activation_rules(self.mesh, self.rules):
-            for batch in self.data.val_batches():
+            for batch in (self.data.val_batches() if batches is None else batches):
                 out = jax.device_get(self._eval_step(params, self._global(batch)))
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -228,9 +233,21 @@ class Trainer:
         bpb = bits_per_byte(loss, self.data.val_tokens_per_byte)  # 1 token/byte for bytes
         return {"loss": loss, "bits_per_byte": bpb, "tokens": n, **extra}
 
+    def _seen_metrics(self, step: int, val_loss: float) -> dict:
+        """Loss on the run's first train batches (seen once step >= their count) beside the val
+        loss: ``seen_loss`` and ``seen_minus_val`` (train.eval_seen; auto: when data repeats)."""
+        n = len(self.data.val_batches())
+        if not self.eval_seen or step < n:
+            return {}
+        if self._seen is None:
+            self._seen = self.data.seen_batches(n)
+        seen = self.evaluate(self.state["params"], self._seen)["loss"]
+        return {"seen_loss": seen, "seen_minus_val": seen - val_loss}
+
     def _eval_hook(self, trainer, step: int) -> None:
         t0 = time.perf_counter()
         self.last_eval = self.evaluate(self.state["params"])
+        self.last_eval.update(self._seen_metrics(step, self.last_eval["loss"]))
         self.writer.write(step, {**self.last_eval, "eval_time_s": time.perf_counter() - t0},
                           split="val")
         if self._bar is not None:
@@ -238,6 +255,19 @@ class Trainer:
                             f"bits/byte {self.last_eval['bits_per_byte']:.4f}")
         if self._interval_t0 is not None:  # keep eval time out of the step-time average
             self._interval_t0 += time.perf_counter() - t0
+
+    def _data_diagnostics(self) -> dict:
+        """At a fresh start: the embed factory's optional ``data_diagnostics(cfg, tokens)`` on the
+        train tokens one pass of this run reads (e.g. over-encoding's table hits and collisions),
+        logged at step 0 under split "diagnostics"."""
+        fn = getattr(lookup("embed", self.model_cfg.embed), "data_diagnostics", None)
+        stream = self.data.train_stream
+        if fn is None or stream is None:
+            return {}
+        n = min(len(stream), self.total_steps * self.batch_size * (self.seq_len + 1))
+        metrics = fn(self.model_cfg, np.asarray(stream[:n]))
+        self.writer.write(0, metrics, split="diagnostics")
+        return metrics
 
     def _ckpt_hook(self, trainer, step: int) -> None:
         self.ckpt.save(step, self.state, self.data.get_state(), self._meta())
@@ -268,6 +298,7 @@ class Trainer:
                 self._bar.write(msg)
             else:
                 print(msg, flush=True)
+        self.data_diagnostics = self._data_diagnostics() if start == 0 else {}
         status, step = "completed", start
         try:
             self._interval_t0 = time.perf_counter()
@@ -312,5 +343,6 @@ class Trainer:
             png = plot_loss_curve(self.writer.path, os.path.join(self.workdir, "loss.png"),
                                   title=f"{self.config.get('name', 'lm')} ({n_params / 1e6:.2f}M params)")
         return {"status": status, "step": step, "n_params": n_params,
+                "data_diagnostics": self.data_diagnostics,
                 "val": getattr(self, "last_eval", None),
                 "train": getattr(self, "last_train_metrics", None), "loss_png": png}

@@ -219,6 +219,7 @@ def test_inference_drops_extra_heads_and_generates():
         np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.slow   # the default suite trains OT (OE + MTP-DS) in test_paper_configs' smoke run
 def test_over_decoding_trains_end_to_end(tmp_path, small_corpus):
     """A 2-step run of configs/lm.py:smoke (shrunk) with model.head="over_decoding" (mtp_ds)
     logs the weighted extra loss as aux/od/mtp_ce_2 (about 0.1 x the next-token CE at init), and

@@ -1,4 +1,4 @@
-"""Over-encoding table usage (``seedjax.eval.ngram_diagnostics``): hit and collision counts on
+"""Over-encoding table usage (``seedjax.ops.ngram_usage``): hit and collision counts on
 hand-made streams, agreement with the JAX row ids, and the structured collisions of a modulus
 that is a multiple of V (the paper's Table 4)."""
 import pathlib
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seedjax.eval.ngram_diagnostics import table_usage, usage_metrics
+from seedjax.ops.ngram_usage import table_usage, usage_metrics
 from seedjax.nn.over_encoding import OverEncodingConfig
 from seedjax.ops.ngram_rows import ngram_rows, segments_of
 

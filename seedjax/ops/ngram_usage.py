@@ -11,13 +11,14 @@ For slice s (order n, modulus M) and the n-grams ending at every position of a t
 * ``max_ngrams_per_row`` and ``max_row_hits`` (positions reading the busiest row).
 
 Everything is exact NumPy int64 host arithmetic (x V^a mod M computed as x (V^a mod M) mod M,
-products < 2^62), independent of the JAX int32 path it checks. NumPy only.
+products < 2^62), independent of the JAX int32 path it checks. NumPy only. ``config`` is any
+object with ``vocab_size, slice_orders, moduli, boundary, eos_id`` (an ``OverEncodingConfig``).
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from seedjax.nn.over_encoding import OverEncodingConfig
+import numpy as np
 
 
 def _segments(tokens: np.ndarray, boundary: str, eos_id: int, segment_ids) -> np.ndarray | None:
@@ -48,7 +49,7 @@ def lag_matrix(tokens: np.ndarray, order: int, segments: np.ndarray | None) -> n
     return np.stack(cols, axis=-1)
 
 
-def table_usage(config: OverEncodingConfig, tokens, *, segment_ids=None) -> list[dict]:
+def table_usage(config: Any, tokens, *, segment_ids=None) -> list[dict]:
     """Per-slice usage statistics (module docstring) of tokens int [T] or [B, T]."""
     tokens = np.atleast_2d(np.asarray(tokens, np.int64))
     if tokens.size == 0:
