@@ -115,6 +115,8 @@ def run_one(base, row: dict, seed: int, workdir: str, origin: dict | None = None
                 if k not in ("loss", "bits_per_byte", "tokens")}
     if val_more:  # e.g. a looped model's loop_ce/t and exit statistics
         extra["val_metrics"] = val_more
+    if summary.get("data_diagnostics"):  # e.g. over-encoding's table collisions at step 0
+        extra["data_diagnostics"] = summary["data_diagnostics"]
     if summary["status"] == "completed" and "task_eval" in cfg:  # memory-task accuracy hook
         import jax
         from seedjax.eval.task_scoring import evaluate_config
