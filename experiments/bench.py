@@ -4,6 +4,7 @@
   python -m experiments.bench connections [--steps 5]
   python -m experiments.bench memory [--mem_d_model 512] [--mem_batches 1,4,16,64,256]
   python -m experiments.bench looped [--looped_new_tokens 64]
+  python -m experiments.bench over_encoding [--oe_sizes 16381,65521,...] [--oe_rounds 12]
 
 ``lm``: in one run, measures the machine's matmul peak (the MFU denominator on CPU; a vendor table
 on TPU/GPU) and, for each configs/lm.py variant, the jitted train-step time (median of --steps after
@@ -48,6 +49,16 @@ flags.DEFINE_integer("mem_bandwidth_mb", 256, "memory: array size of the read-ba
 flags.DEFINE_bool("mem_plot", True, "memory: write memory.png.")
 flags.DEFINE_integer("looped_new_tokens", 64, "looped: greedy tokens decoded per setting.")
 flags.DEFINE_integer("looped_repeats", 3, "looped: timed calls per setting (best reported).")
+flags.DEFINE_list("oe_sizes", ["16381", "65521", "262139", "1048573", "4194301"],
+                  "over_encoding: table sizes m of the n=2, k=1 arms.")
+flags.DEFINE_integer("oe_paper_m", 262139, "over_encoding: m of the n=3, k=2 arm (0: none).")
+flags.DEFINE_integer("oe_decode_m", 262139, "over_encoding: m of the n=3, k=2 decode arm.")
+flags.DEFINE_list("oe_decode_batches", ["1", "16"], "over_encoding: decode batch sizes B.")
+flags.DEFINE_integer("oe_rounds", 12, "over_encoding: interleaved train rounds.")
+flags.DEFINE_integer("oe_steps", 1, "over_encoding: timed steps per arm per round.")
+flags.DEFINE_integer("oe_decode_rounds", 30, "over_encoding: interleaved decode rounds.")
+flags.DEFINE_integer("oe_decode_tokens", 16, "over_encoding: decode steps per arm per round.")
+flags.DEFINE_bool("oe_plot", True, "over_encoding: write over_encoding.png.")
 
 
 def bench_lm_variant(variant: str, steps: int, peak: float) -> dict:
@@ -294,7 +305,7 @@ def _command(sub: str, prefix: str, *names: str) -> str:
     return " ".join(["python -m experiments.bench", sub, *set_flags])
 
 
-SUBCOMMANDS = ("lm", "connections", "memory", "looped")
+SUBCOMMANDS = ("lm", "connections", "memory", "looped", "over_encoding")
 
 
 def check_flags(sub: str) -> dict:
@@ -313,6 +324,15 @@ def check_flags(sub: str) -> dict:
     if sub == "looped":
         check_int("--looped_new_tokens", FLAGS.looped_new_tokens)
         check_int("--looped_repeats", FLAGS.looped_repeats)
+    if sub == "over_encoding":
+        from experiments.bench_over_encoding import check_arms
+        for name in ("oe_rounds", "oe_steps", "oe_decode_rounds", "oe_decode_tokens"):
+            check_int(f"--{name}", FLAGS[name].value)
+        check_int("--oe_paper_m", FLAGS.oe_paper_m, minimum=0)
+        check_int("--oe_decode_m", FLAGS.oe_decode_m)
+        cli.int_list("--oe_decode_batches", FLAGS.oe_decode_batches, minimum=1)
+        check_arms(cli.int_list("--oe_sizes", FLAGS.oe_sizes, minimum=1), FLAGS.oe_paper_m,
+                   FLAGS.oe_decode_m)
     if sub != "memory":
         return {}
     cli.int_list("--mem_batches", FLAGS.mem_batches, minimum=1)
@@ -337,6 +357,15 @@ def main(argv):
         from experiments.bench_looped import bench_looped
         bench_looped(FLAGS.out, new_tokens=FLAGS.looped_new_tokens,
                      repeats=FLAGS.looped_repeats, command=_command("looped", "looped_", "out"))
+        return
+    if argv[1] == "over_encoding":
+        from experiments.bench_over_encoding import bench_over_encoding
+        bench_over_encoding(
+            FLAGS.out, sizes=[int(m) for m in FLAGS.oe_sizes], paper_m=FLAGS.oe_paper_m,
+            decode_m=FLAGS.oe_decode_m, decode_batches=[int(b) for b in FLAGS.oe_decode_batches],
+            rounds=FLAGS.oe_rounds, steps_per_round=FLAGS.oe_steps,
+            decode_rounds=FLAGS.oe_decode_rounds, decode_tokens=FLAGS.oe_decode_tokens,
+            plot=FLAGS.oe_plot, command=_command("over_encoding", "oe_", "out"))
         return
     if argv[1] == "memory":
         bench_memory(d_model=FLAGS.mem_d_model, ffn_dim=FLAGS.mem_ffn_dim or None,
