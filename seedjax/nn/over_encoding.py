@@ -18,6 +18,9 @@ the block-diagonal [S w, S D] matrix summed over slices). With ``table_sharding`
 "all_to_all") the rows are sharded over mesh axis ``table_axis`` and looked up in ``shard_map``
 (``seedjax.ops.sharded_lookup``); the table's logical axes are ("ngram_rows", "ngram_dim").
 
+Inference with the table in host RAM: ``offload_table()`` (lookups become a host callback that
+returns only the S rows per token; decoding then needs no device memory for the table).
+
 Normalisation (``norm``): "mean" (Alg. 1: the whole sum / (1 + S); default), "ngram_mean"
 (x + sum / (1 + S), LongCat-Lite), "sqrt" (/ sqrt(1 + S)). Without the 1-gram input term
 (``unigram=False``, the Table 3 ablation) the count is S; the 1-gram table still exists and
@@ -39,6 +42,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from seedjax.nn.embeddings import TokenEmbedding
@@ -49,6 +53,17 @@ from seedjax.ops.ngram_rows import (MAX_MODULUS, check_boundary, check_moduli, n
 from seedjax.ops.sharded_lookup import check_table_sharding, sharded_embedding_bag
 
 NORMS = ("mean", "ngram_mean", "sqrt")
+
+
+class HostTable:
+    """The n-gram table held in host RAM as a NumPy array (``OverEncodingEmbed.offload_table``);
+    hashed by identity so it can sit in a module's static structure."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def gather(self, rows) -> np.ndarray:
+        return self.array[np.asarray(rows)]
 
 
 class OEHistory(NamedTuple):
@@ -185,6 +200,19 @@ class OverEncodingEmbed(nnx.Module):
                           (None, None, "embed"))
         self.proj_bias = (param(None, lambda k, s, d: jnp.zeros(s, d), (c.n_slices, c.d_model),
                                 (None, "embed"), weight_decay=False) if c.bias else None)
+        self.host_table = None
+
+    def offload_table(self) -> None:
+        """Inference only: move the n-gram table to host RAM (the paper's Table 7 setup). The
+        parameter becomes an empty [0, w] array and every lookup gathers its rows [.., S, w] on
+        the host through ``jax.pure_callback`` (one host round trip per call; no gradient)."""
+        if self.config.table_sharding is not None:
+            raise ValueError("offload_table needs table_sharding=None (one host copy of the "
+                             "table)")
+        table = np.asarray(jax.device_get(self.ngram_table[...]))
+        self.host_table = HostTable(table)
+        self.ngram_table = nnx.Param(jnp.zeros((0, table.shape[1]), table.dtype),
+                                     **self.ngram_table.get_metadata())
 
     @property
     def history_len(self) -> int:
@@ -218,6 +246,11 @@ class OverEncodingEmbed(nnx.Module):
     def slice_embeddings(self, rows: jax.Array) -> jax.Array:
         """Rows int [B, T, S] -> the slices' table rows [B, T, S, w] (sharded lookup if set)."""
         c = self.config
+        if self.host_table is not None:
+            host = self.host_table.array
+            out = jax.ShapeDtypeStruct(rows.shape + (host.shape[1],), host.dtype)
+            return jax.pure_callback(self.host_table.gather, out, rows,
+                                     vmap_method="broadcast_all")
         table = self.ngram_table[...]
         if c.table_sharding is None:
             return gather_rows(table, rows)

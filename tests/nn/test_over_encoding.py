@@ -221,3 +221,20 @@ def test_ot_mtp_reads_the_over_encoded_input_embeddings():
     out = model(x[:, :-1], targets=x[:, 1:])
     np.testing.assert_allclose(seen["e"], model.embed(x[:, :-1]), rtol=1e-6)
     assert np.isfinite(float(out.aux_losses["od/mtp_ce_2"]))
+
+
+def test_offloaded_table_decodes_the_same_tokens():
+    """Property: with the n-gram table moved to host RAM (lookups through a host callback), the
+    logits and a greedy generation equal the on-device model's, and no device array holds the
+    table any more."""
+    from seedjax.eval.sampling import generate
+    cfg = LMConfig(vocab_size=64, d_model=24, n_layers=1, n_heads=2, mlp_dim=32, max_seq_len=16,
+                   embed="over_encoding", embed_kwargs=dict(m=997, n=3, k=2))
+    model = LM(cfg, rngs=nnx.Rngs(0))
+    prompt = jax.random.randint(jax.random.key(1), (2, 4), 1, 64)
+    want_logits = model(prompt).logits
+    want = generate(model, prompt, 6, temperature=0.0)
+    model.embed.offload_table()
+    assert model.embed.ngram_table.shape == (0, 6)
+    np.testing.assert_allclose(model(prompt).logits, want_logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(generate(model, prompt, 6, temperature=0.0), want)
