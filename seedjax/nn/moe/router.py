@@ -70,12 +70,25 @@ class Router(nnx.Module):
         c = self.config
         ft = jnp.promote_types(x.dtype, jnp.float32)
         logits = project(x.astype(ft), self.w_router[...].astype(ft))
-        if c.router_score == "softmax":
-            scores = probs = jax.nn.softmax(logits, axis=-1)
-        else:
-            scores = jax.nn.sigmoid(logits)
-            probs = scores / _safe_sum(scores)
-        top, experts = jax.lax.top_k(scores, c.top_k)
-        if c.normalize_topk_weights:
-            top = top / _safe_sum(top)
-        return Routing(logits, probs, top, experts.astype(jnp.int32))
+        return token_choice(logits, c.top_k, c.router_score, c.normalize_topk_weights)
+
+
+def token_choice(logits: jax.Array, top_k: int, score: str = "softmax",
+                 normalize: bool = True) -> Routing:
+    """Top-k of the scores of logits [T, E] (ties: lower expert index first) -> ``Routing``.
+    ``score``: "softmax" | "sigmoid" | "identity" (the raw logits are the scores, probs =
+    softmax; ``seedjax.nn.moe.routing_rules`` refuses normalising raw logits)."""
+    if score == "softmax":
+        scores = probs = jax.nn.softmax(logits, axis=-1)
+    elif score == "sigmoid":
+        scores = jax.nn.sigmoid(logits)
+        probs = scores / _safe_sum(scores)
+    elif score == "identity":
+        scores, probs = logits, jax.nn.softmax(logits, axis=-1)
+    else:
+        raise ValueError(f"token_choice score={score!r} is not allowed; allowed: "
+                         "('softmax', 'sigmoid', 'identity')")
+    top, experts = jax.lax.top_k(scores, top_k)
+    if normalize:
+        top = top / _safe_sum(top)
+    return Routing(logits, probs, top, experts.astype(jnp.int32))
