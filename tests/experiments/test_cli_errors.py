@@ -33,6 +33,7 @@ CLIS = {
     "experiments.diagnose_norms": ("define_flags", {}),
     "experiments.generate_looped": ("define_flags", {}),
     "experiments.looped_depth": ("define_flags", {}),
+    "experiments.ngram_usage": ("define_flags", {}),
 }
 SWEEP = "configs/papers/seednorm.py:smoke"
 DIAG = ["--out", "{tmp}/diag"]
@@ -110,6 +111,11 @@ CASES = [
     ("looped_depth", DIAG, ["--workdirs"]),
     ("looped_depth", ["--workdirs", "{run}", "--max_loops", "0", *DIAG], ["--max_loops", ">= 1"]),
     ("looped_depth", ["--workdirs", "{run}", "--step", "7", *DIAG], ["step=7", "allowed: [3]"]),
+    ("ngram_usage", [], ["--config is required"]),
+    ("ngram_usage", ["--config", "configs/papers/over_tokenized.py:smoke", "--rows", "nope"],
+     ["--rows ['nope'] are not in the sweep"]),
+    ("ngram_usage", ["--config", "configs/papers/over_tokenized.py:smoke", "--tokenizer",
+                     "{tmp}/none.json"], ["--tokenizer", "does not exist"]),
     ("generate_looped", ["--prompt", "a"], ["exactly one of --checkpoint", "--workdir"]),
     ("generate_looped", ["--workdir", "{run}", "--prompt", "a", "--top_p", "0"],
      ["--top_p=0.0", "(0, 1]"]),
@@ -132,6 +138,7 @@ MAIN_CASES = [
     ("diagnose_norms", DIAG, ["--workdirs"]),
     ("generate_looped", ["--prompt", "a", "extra"], ["unexpected argument 'extra'"]),
     ("looped_depth", DIAG, ["--workdirs"]),
+    ("ngram_usage", [], ["--config is required"]),
     ("train", ["--config", "configs/lm.py:huge", "--workdir", "{tmp}/w"], ["'huge' unknown"]),
     ("generate", ["--workdir", "{run}", "--step", "7"], ["allowed: [3]"]),
 ]
