@@ -16,9 +16,10 @@ runs, so a partial call never drops finished rows from the table), and table.md 
 row minus its reference on the same seed (per seed, mean, on how many seeds it is lower). A
 config with a ``task_eval`` block (configs/memory_tasks.py) also gets held-out memory-task
 accuracy per run (result key ``tasks``; seedjax.eval.task_scoring), a task-accuracy table and
-``tasks.png`` (experiments/task_plot.py). A config with ``get_series(variant)`` also gets
-loss-vs-x plots (``<out>/series_<name>.png``) and tables, e.g. loss vs number of slots
-(experiments/sweep_series.py).
+``tasks.png`` (experiments/task_plot.py); generation-scored tasks (``cfg_generation``,
+configs/papers/over_tokenized_cfg.py) get a generation-accuracy table of their own. A config
+with ``get_series(variant)`` also gets loss-vs-x plots (``<out>/series_<name>.png``) and tables,
+e.g. loss vs number of slots (experiments/sweep_series.py).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from experiments.paired_diffs import paired_table, validate_references
 from experiments.run_results import load_results, result_path
 from experiments.seed_stats import mean_std_text, seed_stats
 from experiments.sweep_series import validate_series, write_series
-from experiments.task_plot import plot_task_accuracy, task_metric
+from experiments.task_plot import is_generation_task, plot_task_accuracy, task_metric
 
 FLAGS = flags.FLAGS
 
@@ -230,13 +231,23 @@ def report_text(out: str, config: str, rows: list, results: list, base=None,
                           "Paired val-loss differences (row minus its reference on the same "
                           "seed; negative = row lower):")
     task_names = sorted({t for x in results for t in (x.get("tasks") or {})})
-    if task_names:  # runs of configs with a task_eval block (see seedjax.eval.task_scoring)
+    gen_names = [t for t in task_names if is_generation_task(results, t)]
+    forced_names = [t for t in task_names if t not in gen_names]
+    if forced_names:  # runs of configs with a task_eval block (see seedjax.eval.task_scoring)
         lines += metric_tables(
-            rows, by_row, task_names, task_metric,
+            rows, by_row, forced_names, task_metric,
             "Held-out memory-task token accuracy (teacher-forced greedy; mean ± std, n):",
             lambda t: f"Paired {t} token-accuracy differences (row minus its reference on the "
             "same seed; positive = row better, so 'lower on' counts seeds where it is worse):",
             digits=3)
+    if gen_names:  # generation-scored tasks, e.g. cfg_generation (grammar-accepted samples)
+        lines += metric_tables(
+            rows, by_row, gen_names, task_metric,
+            "Generation accuracy (samples from bos at temperature 1 accepted by the task's "
+            "judge, e.g. the grammar; mean ± std, n):",
+            lambda t: f"Paired {t} generation-accuracy differences (row minus its reference on "
+            "the same seed; positive = row better, so 'lower on' counts seeds where it is "
+            "worse):", digits=3)
     val_names = sorted({k for x in results for k in (x.get("val_metrics") or {})},
                        key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])
                                       if k.rsplit("/", 1)[-1].isdigit() else -1))

@@ -1,9 +1,10 @@
 """``<out>/tasks.png``: held-out memory-task accuracy per sweep row, every seed shown.
 
-One panel per task (seedjax.eval.task_scoring result key ``tasks``): each finished seed is a
-small dot, the mean over seeds a marker with a ± std bar, and the task's chance accuracy a
-dashed line. With seed spreads as large as the gaps between designs (results/memory_tasks), the
-dots matter more than the means.
+One panel per task (seedjax.eval.task_scoring result key ``tasks``; its headline metric,
+``task_metric``: token accuracy, or generation accuracy for generation tasks): each finished
+seed is a small dot, the mean over seeds a marker with a ± std bar, and the task's chance
+accuracy a dashed line. With seed spreads as large as the gaps between designs
+(results/memory_tasks), the dots matter more than the means.
 """
 from __future__ import annotations
 
@@ -12,12 +13,26 @@ import os
 from experiments.seed_stats import seed_stats
 
 
-def task_metric(run: dict, task: str, key: str = "token_acc") -> float | None:
-    """One run result's metric for one task (None if the run has no such task score)."""
-    return (run.get("tasks") or {}).get(task, {}).get(key)
+# a task's headline metric: generation accuracy for generation-scored tasks (``gen_acc``, e.g.
+# cfg_generation), else the teacher-forced token accuracy
+PRIMARY_KEYS = ("gen_acc", "token_acc")
 
 
-def task_values(runs: list, task: str, key: str = "token_acc") -> list[tuple[int, float]]:
+def is_generation_task(runs, task: str) -> bool:
+    """True when the runs score ``task`` by generation (their metrics hold ``gen_acc``)."""
+    return any("gen_acc" in ((x.get("tasks") or {}).get(task) or {}) for x in runs)
+
+
+def task_metric(run: dict, task: str, key: str | None = None) -> float | None:
+    """One run result's metric for one task (None if the run has no such task score); ``key``
+    None: the task's headline metric (``PRIMARY_KEYS``: the first one the run has)."""
+    m = (run.get("tasks") or {}).get(task) or {}
+    if key is None:
+        key = next((k for k in PRIMARY_KEYS if k in m), PRIMARY_KEYS[-1])
+    return m.get(key)
+
+
+def task_values(runs: list, task: str, key: str | None = None) -> list[tuple[int, float]]:
     """[(seed, value)] of one task's metric over a row's runs (runs without it are left out)."""
     return [(int(x.get("seed", -1)), float(v)) for x in runs
             if (v := task_metric(x, task, key)) is not None]
@@ -48,7 +63,8 @@ def plot_task_accuracy(out: str, rows: list, by_row: dict, task_names: list) -> 
             ax.legend(fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
         ax.set_title(f"{task}: dots = seeds, diamond = mean ± std", fontsize=9)
-        ax.set_ylabel("held-out token accuracy")
+        gen = is_generation_task([x for n in names for x in by_row.get(n, [])], task)
+        ax.set_ylabel("generation accuracy (sampled)" if gen else "held-out token accuracy")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = os.path.join(out, "tasks.png")

@@ -24,23 +24,42 @@ Evaluation episodes come from the ``test`` split (disjoint seed stream from the 
 ``val`` splits that ``data.source="task:..."`` trains on; ``mano``'s test split holds only the
 longest expressions, ``multihop``'s only held-out questions). For ``mano`` and ``multihop``,
 whose answer is one token, ``exact_match == token_acc``.
+
+Generation tasks (``GENERATION_TASKS``; named in ``task_eval.tasks`` like the others, scored by
+sampling instead of teacher forcing):
+
+* ``cfg_generation`` (Over-Tokenized Transformer Sec. 3.1 / App. B.2; the function
+  ``cfg_generation``): the run must train on a ``task:cfg(...)`` source. ``episodes``
+  sequences are sampled from the model with the KV cache (``seedjax.eval.sampling.generate``),
+  each from the prompt ``[bos]``, with raw next-token probabilities (temperature 1, top_p 1:
+  the paper's setting), for the source's longest sentence + 1 steps (room for the eos), in
+  batches of exactly ``batch_size`` (one compiled shape; the surplus of the last batch is
+  dropped). They are judged by ``seedjax.eval.cfg_accuracy.generation_accuracy`` (exact
+  recogniser). Metrics: ``gen_acc`` (accepted fraction; the report's column), ``gen_ci95``
+  (Wilson 95% interval), ``n_episodes``, ``n_accepted``, ``mean_length``, ``n_truncated`` (no
+  eos within the limit), ``n_distinct`` (distinct accepted sentences), ``ref_mean_length`` (the
+  source's exact mean sentence length), ``grammar``, ``max_len``, ``temperature``, ``top_p``,
+  ``sample_s``.
 """
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seedjax.data.cfg import CfgTaskConfig, length_distribution
 from seedjax.data.episodes import generate_episodes
 from seedjax.data.memory_tasks import MEMORY_TASKS
 from seedjax.data.synthetic import TASKS, is_task_source, parse_task_source
 from seedjax.validation import check_choice, check_int
 
 __all__ = ["teacher_forced", "greedy_hits", "score_episodes", "evaluate_task", "evaluate_tasks",
-           "tasks_from_config", "evaluate_config", "markdown_table"]
+           "tasks_from_config", "evaluate_config", "markdown_table", "GENERATION_TASKS",
+           "cfg_task_of", "cfg_generation"]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -149,6 +168,58 @@ def evaluate_tasks(model, tasks: dict, **kw) -> dict:
     return {name: evaluate_task(model, cfg, **kw) for name, cfg in tasks.items()}
 
 
+def cfg_task_of(config) -> CfgTaskConfig:
+    """The ``cfg`` task of a run config's ``task:`` source (``ValueError`` if it has none)."""
+    source = config.data.source
+    task = parse_task_source(source).tasks.get("cfg") if is_task_source(source) else None
+    if task is None:
+        raise ValueError(f"task_eval.tasks='cfg_generation' needs data.source='task:cfg(...)', "
+                         f"got {source!r}")
+    return task
+
+
+def cfg_generation(model, task: CfgTaskConfig, *, episodes: int = 1000, batch_size: int = 250,
+                   seed: int = 0, temperature: float = 1.0, top_p: float = 1.0) -> dict:
+    """Generation accuracy of ``model`` on the grammar of ``task`` (module docstring)."""
+    from seedjax.eval.cfg_accuracy import generation_accuracy  # pylint: disable=g-import-not-at-top
+    from seedjax.eval.sampling import generate  # pylint: disable=g-import-not-at-top
+    episodes = check_int("task_eval.episodes", episodes, 1)
+    bs = min(check_int("task_eval.batch_size", batch_size, 1), episodes)
+    grammar, steps = task.cfg, task.limit + 1      # the longest sentence, then its eos
+    mcfg = getattr(model, "cfg", None)
+    if mcfg is not None and 1 + steps > mcfg.max_seq_len:
+        raise ValueError(f"cfg_generation samples bos + {steps} tokens ({task._fields()}), more "
+                         f"than model.max_seq_len={mcfg.max_seq_len}")
+    if mcfg is not None and mcfg.vocab_size < grammar.vocab_size:
+        raise ValueError(f"grammar {task.grammar!r} needs model.vocab_size >= "
+                         f"{grammar.vocab_size}, got {mcfg.vocab_size}")
+    prompt = np.full((bs, 1), grammar.bos_id, np.int32)
+    calls = [0]
+
+    def sample_fn(k):
+        out = np.asarray(generate(model, prompt, steps, temperature=temperature, top_p=top_p,
+                                  seed=seed * 65536 + calls[0]))
+        calls[0] += 1
+        return out[:k]
+
+    t0 = time.time()
+    r = generation_accuracy(sample_fn, grammar, episodes, batch_size=bs)
+    pmf = length_distribution(grammar)[:task.limit + 1]
+    return {"gen_acc": r["accuracy"], "gen_ci95": r["ci95"], "n_episodes": r["n"],
+            "n_accepted": r["n_accepted"], "mean_length": r["mean_length"],
+            "n_truncated": r["n_truncated"], "n_distinct": r["n_distinct"],
+            "ref_mean_length": float((pmf * np.arange(len(pmf))).sum() / pmf.sum()),
+            "grammar": task.grammar, "max_len": task.limit, "temperature": float(temperature),
+            "top_p": float(top_p), "sample_s": time.time() - t0}
+
+
+# generation-scored tasks: name -> fn(model, run config, episodes=, batch_size=, seed=)
+GENERATION_TASKS = {
+    "cfg_generation": lambda model, config, **kw: cfg_generation(model, cfg_task_of(config),
+                                                                 **kw),
+}
+
+
 def tasks_from_config(config, names=None) -> dict:
     """Task configs to evaluate for a run config: those of its ``data.source`` when it is a
     ``task:`` source (the sizes it trained on); a requested task not in the source gets its
@@ -167,24 +238,46 @@ def tasks_from_config(config, names=None) -> dict:
 
 def evaluate_config(model, config, *, progress: bool = False) -> dict | None:
     """Task metrics per ``config.task_eval`` (fields ``tasks`` comma string or "", ``episodes``,
-    ``batch_size``, ``seed``), or None when the config has no ``task_eval`` block (the hook
-    ``experiments.reproduce`` calls after each run)."""
+    ``batch_size``, ``seed``; ``tasks`` may name ``GENERATION_TASKS``), or None when the config
+    has no ``task_eval`` block (the hook ``experiments.reproduce`` calls after each run)."""
     te = config.get("task_eval") if hasattr(config, "get") else None
     if not te:
         return None
-    tasks = tasks_from_config(config, te.get("tasks", ""))
-    return evaluate_tasks(model, tasks, n_episodes=int(te.get("episodes", 256)),
-                          seed=int(te.get("seed", 0)), batch_size=int(te.get("batch_size", 32)),
-                          progress=progress)
+    names = te.get("tasks", "")
+    names = [n for n in names.split(",") if n] if isinstance(names, str) else list(names or [])
+    gen = [n for n in names if n in GENERATION_TASKS]
+    kw = dict(episodes=int(te.get("episodes", 256)), seed=int(te.get("seed", 0)),
+              batch_size=int(te.get("batch_size", 32)))
+    out = {}
+    if not gen or len(gen) < len(names):  # teacher-forced tasks (none named: the source's)
+        tasks = tasks_from_config(config, [n for n in names if n not in GENERATION_TASKS])
+        out = evaluate_tasks(model, tasks, n_episodes=kw["episodes"], seed=kw["seed"],
+                             batch_size=kw["batch_size"], progress=progress)
+    for n in gen:
+        out[n] = GENERATION_TASKS[n](model, config, **kw)
+    return {n: out[n] for n in (names or out)}
 
 
 def markdown_table(results: dict) -> str:
-    """A markdown table of ``{task: metrics}`` (``evaluate_tasks`` output)."""
-    lines = ["| task | token acc | exact match | chance | unseen-x acc (chance) | queries |",
-             "|---|---|---|---|---|---|"]
-    for name, m in results.items():
+    """A markdown table of ``{task: metrics}`` (``evaluate_tasks`` output); generation tasks
+    (``evaluate_config``: metrics with ``gen_acc``) get a table of their own, after the other."""
+    gen = {k: m for k, m in results.items() if "gen_acc" in m}
+    forced = {k: m for k, m in results.items() if k not in gen}
+    lines = []
+    if forced or not gen:
+        lines = ["| task | token acc | exact match | chance | unseen-x acc (chance) | queries |",
+                 "|---|---|---|---|---|---|"]
+    for name, m in forced.items():
         unseen = (f"{m['unseen_token_acc']:.3f} ({m['unseen_chance']:.3f})"
                   if "unseen_token_acc" in m else "")
         lines.append(f"| {name} | {m['token_acc']:.3f} | {m['exact_match']:.3f} | "
                      f"{m['chance']:.3f} | {unseen} | {m['n_queries']} |")
+    if gen:
+        lines += [*([""] if lines else []),
+                  "| task | generation acc | 95% CI | mean length (grammar) | truncated | "
+                  "distinct | samples |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {m['gen_acc']:.3f} | [{m['gen_ci95'][0]:.3f}, "
+                  f"{m['gen_ci95'][1]:.3f}] | {m['mean_length']:.1f} "
+                  f"({m['ref_mean_length']:.1f}) | {m['n_truncated']} | {m['n_distinct']} | "
+                  f"{m['n_episodes']} |" for k, m in gen.items()]
     return "\n".join(lines)
