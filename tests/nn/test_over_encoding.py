@@ -147,16 +147,22 @@ def test_decode_with_history_equals_full_forward(boundary):
     model = LM(cfg, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 10), 1, 64).at[:, 4].set(0)
     seg = jnp.cumsum(jnp.zeros((2, 10), jnp.int32).at[:, 6].set(1), axis=1)
-    kw = {"segment_ids": seg} if boundary == "segment" else {}
-    full = model(tokens, **kw).logits
-    cache = model.init_cache(2, 10)
-    out = model(tokens[:, :3], cache=cache, **{k: v[:, :3] for k, v in kw.items()})
-    steps = [out.logits]
-    cache = out.cache
+    if boundary != "segment":
+        seg = None
+
+    @nnx.jit
+    def call(model, toks, seg, cache):   # one compile per shape (eager dispatch is slower)
+        kw = {} if seg is None else {"segment_ids": seg}
+        out = model(toks, cache=cache, **kw)
+        return out.logits, out.cache
+
+    full, _ = call(model, tokens, seg, None)
+    piece = lambda a, b: None if seg is None else seg[:, a:b]
+    out, cache = call(model, tokens[:, :3], piece(0, 3), model.init_cache(2, 10))
+    steps = [out]
     for t in range(3, 10):
-        o = model(tokens[:, t:t + 1], cache=cache, **{k: v[:, t:t + 1] for k, v in kw.items()})
-        steps.append(o.logits)
-        cache = o.cache
+        out, cache = call(model, tokens[:, t:t + 1], piece(t, t + 1), cache)
+        steps.append(out)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=2e-5, atol=2e-5)
     np.testing.assert_array_equal(cache.embed.tokens, tokens[:, -2:])
 
