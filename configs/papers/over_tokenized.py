@@ -16,6 +16,7 @@ Rows (3 seeds; the paper's OLMoE-1.3B numbers beside ours, train loss unless sta
              {1,2,3} k=4 (Table 3)
   slicing    at equal table parameters: one m x D table, k = 2, k = 4, one 2m x D/2 table
              (Table 2 C2-C5)
+  norm       the OE layout with the other two normalisations of spec A.13 (not a paper ablation)
   od         product-decomposition over-decoding (n = 2, lambda = 0.1; Table 10), DeepSeek-V3
              sequential MTP (one module, weight 0.1; Table 5 "+MTP-DS"), and OT = OE + MTP-DS
 
@@ -83,6 +84,13 @@ def get_sweep(variant=None):
             **oe(mid, k=2)),
         row("oe2_2m_half_width", "2.507 (C3: 2m x D/2) vs 2.511 (C2)", "slicing",
             vs=f"oe2_m{mid}", **oe(sizes[3], width=get_config(variant).model.d_model // 2)),
+        # [I] not a paper ablation: the three normalisations of spec A.13 on the OE layout (Alg. 1
+        # divides the 1-gram embedding by 1 + k(n-1) = 5 too; LongCat-Lite divides the n-gram sum
+        # only; a LongCat flag divides by the square root)
+        row("oe_norm_ngram_mean", "- (LongCat-Lite: x + sum / (1 + S))", "norm", vs="oe",
+            **oe(mid, n=3, k=2, norm="ngram_mean")),
+        row("oe_norm_sqrt", "- (LongCat flag: / sqrt(1 + S))", "norm", vs="oe",
+            **oe(mid, n=3, k=2, norm="sqrt")),
         row("od_product", "2.549 (lambda 0.1; Table 10)", "od",
             model__head="over_decoding",
             model__head_kwargs=dict(mode="product", n=2, weights=[0.1])),
