@@ -10,7 +10,7 @@ limit. Each sequence is judged like this:
 2. the sequence is cut at its first ``eos`` (id 0). A sequence without an eos counts as
    *truncated* (it hit the length limit) and is rejected, whatever its tokens;
 3. the tokens before the eos are the sentence. It is accepted iff the grammar derives it
-   (``seedjax.data.cfg.accepts_batch``, exact). An empty sentence, or one holding a bos or
+   (``seedjax.data.cfg_recognise.accepts_batch``, exact). An empty sentence, or one holding a bos or
    another non-terminal id, is rejected.
 
 ``generation_accuracy`` returns (JSON-serialisable): ``accuracy`` = accepted / n;
@@ -29,7 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from seedjax.data.cfg import CFG, EOS_ID, accepts_batch, get_grammar, ngram_ids, ngram_targets
+from seedjax.data.cfg import CFG, EOS_ID, get_grammar, ngram_ids, ngram_targets
+from seedjax.data.cfg_recognise import accepts_batch
 from seedjax.validation import check_int
 
 __all__ = ["generation_accuracy", "judge_sequences", "split_sequence", "wilson_interval",

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from seedjax.data import build_lm_data
-from seedjax.data import cfg as cfgmod
-from seedjax.data.cfg import (CFG, CFG3F, GRAMMARS, CfgTaskConfig, accepts, accepts_batch,
-                              derivable_strings, length_distribution, length_stats,
-                              ngram_ids, ngram_targets, sample_sentences)
+from seedjax.data import cfg_recognise as cfgmod
+from seedjax.data.cfg import (CFG, CFG3F, GRAMMARS, CfgTaskConfig, length_distribution,
+                              length_stats, ngram_ids, ngram_targets, sample_sentences)
+from seedjax.data.cfg_recognise import accepts, accepts_batch, derivable_strings
 from seedjax.data.episodes import generate_episodes
 from seedjax.data.synthetic import format_task_source, make_task, parse_task_source
 from seedjax.eval.cfg_accuracy import generation_accuracy, split_sequence, wilson_interval
