@@ -54,6 +54,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seedjax.nn.losses import token_nll
+
 from seedjax.nn.params import constant_init, normal_init, param
 
 EXIT_RULES = ("threshold", "weighted", "last")
@@ -350,13 +352,6 @@ def _gather_loops(per_loop: jax.Array, steps: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- per-loop CE
-
-def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-token cross-entropy (nats): logits [..., V], targets int [...] -> float32 [...]."""
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    return lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-
 
 def loop_token_ce(model, states: jax.Array, targets: jax.Array, *, remat: bool = True
                   ) -> tuple[jax.Array, dict]:

@@ -55,6 +55,7 @@ from flax import nnx
 
 from seedjax.nn.embeddings import OutputHead
 from seedjax.nn.linear import project
+from seedjax.nn.losses import token_nll
 from seedjax.nn.norms import RMSNorm
 from seedjax.nn.params import normal_init, param
 
@@ -195,13 +196,6 @@ def future_valid(targets: jax.Array, mask: jax.Array | None, j: int,
         crossed = hits[:, j - 1:j - 1 + span] - hits[:, :span]   # eos in [t, t + j - 2]
         valid = valid * (crossed == 0).astype(jnp.float32)
     return valid
-
-
-def token_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """logits [..., C], labels int [...] -> float32 [...] cross-entropy (nats)."""
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    return lse - jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
 
 
 def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from seedjax.nn.looped import token_nll
+from seedjax.nn.losses import token_nll
 from seedjax.train.looped_objectives import StageOne, StageTwo, looped_eval_sums
 
 
