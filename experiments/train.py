@@ -83,16 +83,24 @@ def main(argv):
         return
     print(f"status: {summary['status']} at step {summary['step']} "
           f"({summary['n_params'] / 1e6:.2f}M parameters)")
-    if summary["val"]:
+    unit = trainer.task.unit
+    if summary["val"] and unit == "tokens":
         print(f"validation: loss {summary['val']['loss']:.4f} nats/token, "
               f"bits/byte {summary['val']['bits_per_byte']:.4f}")
-    if summary["train"] and "tokens_per_s" in summary["train"]:  # absent: no timed step
+    elif summary["val"]:
+        print(f"validation: loss {summary['val']['loss']:.4f} (mean squared error of the "
+              f"{trainer.objective.kind} target)")
+    if summary["train"] and f"{unit}_per_s" in summary["train"]:  # absent: no timed step
         t = summary["train"]
-        print(f"throughput: {t['tokens_per_s']:.0f} tokens/s, {t['tflops_per_device'] * 1e3:.1f} "
+        print(f"throughput: {t[f'{unit}_per_s']:.0f} {unit}/s, {t['tflops_per_device'] * 1e3:.1f} "
               f"GFLOP/s/device, MFU {t['mfu']:.1%} ({trainer.peak_source})")
     if summary["loss_png"]:
         print(f"loss curve: {summary['loss_png']}")
-    if FLAGS.sample and summary["status"] == "completed":
+    if FLAGS.sample and summary["status"] == "completed" and unit == "images":
+        from seedjax.eval.diffusion_sampling import write_class_grid
+        path = write_class_grid(trainer, os.path.join(FLAGS.workdir, "samples.png"))
+        print(f"samples: {path} (one row per class)")
+    elif FLAGS.sample and summary["status"] == "completed":
         from seedjax.eval.sampling import sample_text
         model = trainer.mdef.merge(jax.device_get(trainer.state["params"]))
         s = config.sample

@@ -102,7 +102,7 @@ class CausalSelfAttention(nnx.Module):
             valid = k_pos[None, :] <= q_pos[:, None]
             if cache.mask is not None:  # [B, T, S]: causal and an attendable key
                 valid = valid[None] & cache.mask.astype(bool)[:, None, :]
-            y = _attend(q, k_all.astype(dt), v_all.astype(dt), valid, groups)
+            y = attend(q, k_all.astype(dt), v_all.astype(dt), valid, groups)
         out = project(y, self.wo[...].astype(dt), in_dims=2)
         return constrain(out, ("batch", "length", "embed")), new_cache
 
@@ -114,16 +114,16 @@ def _attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, groups: int, chunk:
     t = q.shape[1]
     if t <= chunk:
         valid = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
-        return _attend(q, k, v, valid, groups)
+        return attend(q, k, v, valid, groups)
     outs = []
     for start in range(0, t, chunk):
         stop = min(start + chunk, t)
         valid = jnp.arange(stop)[None, :] <= (start + jnp.arange(stop - start))[:, None]
-        outs.append(_attend(q[:, start:stop], k[:, :stop], v[:, :stop], valid, groups))
+        outs.append(attend(q[:, start:stop], k[:, :stop], v[:, :stop], valid, groups))
     return jnp.concatenate(outs, axis=1)
 
 
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, groups: int) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, groups: int) -> jax.Array:
     """q [B, T, H, D], k/v [B, S, K, D], valid [T, S] or [B, T, S] -> [B, T, H, D]; softmax in
     float32."""
     b, t, h, d = q.shape

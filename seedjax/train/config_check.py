@@ -20,6 +20,7 @@ from seedjax.models.config import LMConfig
 from seedjax.sharding.mesh import MESH_AXES
 from seedjax.sharding.rules import PRESETS
 from seedjax.train.objectives import OBJECTIVES, make_objective
+from seedjax.train.tasks import TASKS, task_name
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,7 @@ def _model_schema() -> dict[str, Field]:
 
 SCHEMA: dict[str, Any] = {
     "name": _f("str"),
+    "task": _f("str", lambda v: v in TASKS, f"one of {list(TASKS)}"),
     "model": _model_schema(),
     "data": {
         "source": _f("str", lambda v: bool(v), "a non-empty path, 'stdlib' or 'task:...'"),
@@ -86,7 +88,8 @@ SCHEMA: dict[str, Any] = {
             "parameter group names, comma-separated or a list", optional=True),
         "init_from": _f("str", lambda v: bool(v), "a run directory", optional=True),
         "init_from_step": _f("int", *NONNEG, optional=True),
-        "eval_seen": _f("bool", optional=True)},
+        "eval_seen": _f("bool", optional=True),
+        "ema_decay": _f("float", *UNIT)},
     "mesh": {"shape": _f("dict"),
              "rules": _f("str", lambda v: v in PRESETS, f"one of {sorted(PRESETS)}")},
     "sample": {
@@ -97,6 +100,50 @@ SCHEMA: dict[str, Any] = {
                   "batch_size": _f("int", *POS), "seed": _f("int", *NONNEG)},
 }
 OPTIONAL_SECTIONS = ("task_eval",)
+
+
+def _dit_schema() -> dict[str, Field]:
+    from seedjax.models.dit import DiTConfig
+    kinds = {"int": "int", "float": "float", "str": "str"}
+    out = {}
+    for f in dataclasses.fields(DiTConfig):
+        ann = str(f.type)
+        kind = "dict" if "Mapping" in ann else kinds.get(ann, "any")
+        out[f.name] = _f(kind, *(POS if kind == "int" else GT0 if kind == "float" else (None, "")))
+    return out
+
+
+def _diffusion_schema() -> dict[str, Any]:
+    """``task = "image_diffusion"``: DiT model fields, image data, the same train and mesh
+    sections (objective "flow" | "ddpm"), and the sample-grid settings."""
+    from seedjax.eval.diffusion_sampling import SAMPLERS
+    from seedjax.train.diffusion import DIFFUSION_OBJECTIVES
+    train = dict(SCHEMA["train"])
+    train["objective"] = _f("str", lambda v: v in DIFFUSION_OBJECTIVES,
+                            f"one of {list(DIFFUSION_OBJECTIVES)}")
+    for k in ("eval_seen", "init_from", "init_from_step", "trainable_groups"):
+        train.pop(k)
+    return {
+        "name": SCHEMA["name"], "task": SCHEMA["task"], "model": _dit_schema(),
+        "data": {"source": _f("str", lambda v: bool(v),
+                              "'mnist', 'digits', 'fashion_mnist' or a .npz path"),
+                 "batch_size": _f("int", *POS),
+                 "val_fraction": _f("float", lambda v: 0 < v < 1, "in (0, 1)"),
+                 "max_val_batches": _f("int", *POS)},
+        "train": train, "mesh": SCHEMA["mesh"],
+        "sample": {"per_class": _f("int", *POS), "steps": _f("int", *POS),
+                   "sampler": _f("str", lambda v: v in SAMPLERS, f"one of {list(SAMPLERS)}"),
+                   "cfg_scale": _f("float", *NONNEG), "seed": _f("int", *NONNEG)},
+    }
+
+
+def schema_for(cfg) -> dict[str, Any]:
+    """The schema of ``cfg``'s task (``cfg.task``, default "lm")."""
+    try:
+        name = task_name(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return SCHEMA if name == "lm" else _diffusion_schema()
 
 
 def unknown_field(path: str, allowed) -> ConfigError:
@@ -111,9 +158,10 @@ def unknown_field(path: str, allowed) -> ConfigError:
                        f"{', '.join(allowed)})")
 
 
-def lookup(path: str) -> Field | dict:
-    """The schema entry of a dotted config path (a Field or a section dict)."""
-    node: Any = SCHEMA
+def lookup(path: str, schema: dict | None = None) -> Field | dict:
+    """The schema entry of a dotted config path (a Field or a section dict) in ``schema``
+    (default: the LM schema)."""
+    node: Any = SCHEMA if schema is None else schema
     parts = path.split(".")
     for i, k in enumerate(parts):
         if isinstance(node, Field):  # a key inside a free-form mapping (kwargs, lr_multipliers)
@@ -182,7 +230,8 @@ def parse_text(path: str, field: Field, text: str):
 
 def set_from_text(cfg, path: str, text: str) -> None:
     """Sets ``cfg.<path>`` from a command-line string, parsed by the field's declared type."""
-    field = lookup(path)
+    schema = schema_for(cfg)
+    field = lookup(path, schema)
     if not isinstance(field, Field):
         raise ConfigError(f"{path} is a config section; set one of its fields "
                           f"({', '.join(sorted(field))})")
@@ -190,7 +239,7 @@ def set_from_text(cfg, path: str, text: str) -> None:
     parent = cfg
     for i, k in enumerate(parts[:-1]):
         if k not in parent:
-            if isinstance(lookup(".".join(parts[:i + 1])), Field):  # new key in a mapping
+            if isinstance(lookup(".".join(parts[:i + 1]), schema), Field):  # key in a mapping
                 parent[k] = {}
             else:
                 raise ConfigError(f"config has no section {'.'.join(parts[:i + 1])!r}")
@@ -241,12 +290,15 @@ def _walk(cfg: Mapping, schema: dict, prefix: str) -> None:
 
 def validate_config(cfg) -> None:
     """Checks every field of a training config (ConfigDict or dict); raises ConfigError."""
-    _walk(cfg, SCHEMA, "")
-    for section in SCHEMA:
-        if isinstance(SCHEMA[section], dict) and section not in cfg \
+    schema = schema_for(cfg)
+    _walk(cfg, schema, "")
+    for section in schema:
+        if isinstance(schema[section], dict) and section not in cfg \
                 and section not in OPTIONAL_SECTIONS:
             raise ConfigError(f"config has no {section!r} section (required: "
-                              f"{sorted(s for s in SCHEMA if isinstance(SCHEMA[s], dict))})")
+                              f"{sorted(s for s in schema if isinstance(schema[s], dict))})")
+    if schema is not SCHEMA:
+        return _validate_diffusion(cfg)
     try:
         model = LMConfig.from_dict(cfg["model"])  # its own cross-field checks
     except ValueError as e:
@@ -259,20 +311,47 @@ def validate_config(cfg) -> None:
         raise ConfigError(f"data.vocab_size={data.get('vocab_size', 4096)} (data.tokenizer='bpe') "
                           f"differs from model.vocab_size={model.vocab_size}; set both to the "
                           "same number")
-    if train["warmup_steps"] > train["steps"]:
-        raise ConfigError(f"train.warmup_steps={train['warmup_steps']} must be in "
-                          f"[0, train.steps={train['steps']}]")
-    if data["batch_size"] % train["accum_steps"]:
-        raise ConfigError(f"train.accum_steps={train['accum_steps']} must divide "
-                          f"data.batch_size={data['batch_size']}")
-    for group, spec in dict(train["lr_multipliers"]).items():
-        _check_lr_spec(group, spec)
+    _check_train(train, data["batch_size"])
     try:
         make_objective(train.get("objective", "lm"), dict(train.get("objective_kwargs") or {}),
                        stack=model.stack)
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e).splitlines()[0]) from e
-    shape = dict(cfg["mesh"]["shape"])
+    _check_mesh(dict(cfg["mesh"]["shape"]))
+    validate_sample(sample["prompt"], sample["length"], sample["temperature"], sample["top_p"],
+                    max_seq_len=model.max_seq_len)
+
+
+def _validate_diffusion(cfg) -> None:
+    from seedjax.eval.diffusion_sampling import check_sampler
+    from seedjax.models.dit import DiTConfig
+    from seedjax.train.diffusion import make_diffusion_objective
+    train = cfg["train"]
+    try:
+        DiTConfig.from_dict(cfg["model"])
+        objective = make_diffusion_objective(train.get("objective", "flow"),
+                                             dict(train.get("objective_kwargs") or {}))
+        s = cfg["sample"]
+        check_sampler(s["sampler"], objective.kind, s["steps"], s["cfg_scale"])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+    _check_train(train, cfg["data"]["batch_size"])
+    _check_mesh(dict(cfg["mesh"]["shape"]))
+
+
+def _check_train(train, batch_size: int) -> None:
+    """Cross-field checks of the train section shared by every task."""
+    if train["warmup_steps"] > train["steps"]:
+        raise ConfigError(f"train.warmup_steps={train['warmup_steps']} must be in "
+                          f"[0, train.steps={train['steps']}]")
+    if batch_size % train["accum_steps"]:
+        raise ConfigError(f"train.accum_steps={train['accum_steps']} must divide "
+                          f"data.batch_size={batch_size}")
+    for group, spec in dict(train["lr_multipliers"]).items():
+        _check_lr_spec(group, spec)
+
+
+def _check_mesh(shape: dict) -> None:
     for axis, size in shape.items():
         if axis not in MESH_AXES:
             raise unknown_field(f"mesh.shape.{axis}", MESH_AXES)
@@ -280,8 +359,6 @@ def validate_config(cfg) -> None:
             raise ConfigError(f"mesh.shape.{axis}={size!r} must be an integer >= 1 or -1 (fill)")
     if sum(1 for s in shape.values() if s == -1) > 1:
         raise ConfigError(f"mesh.shape={shape} may have at most one -1 axis")
-    validate_sample(sample["prompt"], sample["length"], sample["temperature"], sample["top_p"],
-                    max_seq_len=model.max_seq_len)
 
 
 def validate_sample(prompt: str, length: int, temperature: float, top_p: float, *,

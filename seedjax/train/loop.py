@@ -24,23 +24,20 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from seedjax.data import build_lm_data
-from seedjax.models import LM, LMConfig, lookup
 from seedjax.nn.partitioning import activation_rules
 from seedjax.sharding.mesh import make_mesh
 from seedjax.sharding.multihost import global_batch
 from seedjax.sharding.rules import get_rules, param_shardings
-from seedjax.train import flops as flops_lib
 from seedjax.train.checkpoint import Checkpointer, CorruptCheckpoint, abstract_like
 from seedjax.train.config_check import validate_config
 from seedjax.train.hardware import peak_flops_per_device
 from seedjax.train.hooks import Hook
 from seedjax.train.metrics import MetricWriter, plot_loss_curve
-from seedjax.train.objectives import make_objective
 from seedjax.train.optim import make_optimizer, trainable_of
-from seedjax.train.state import (abstract_model, count_params, init_params, model_def,
-                                 param_labels, param_shapes, state_shardings)
-from seedjax.train.step import bits_per_byte, make_eval_step, make_train_step
+from seedjax.train.state import (abstract_model, count_params, model_def, param_labels,
+                                 param_shapes, state_shardings)
+from seedjax.train.step import make_eval_step, make_train_step
+from seedjax.train.tasks import make_task
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +57,17 @@ def versions() -> dict:
 
 
 class Trainer:
-    """``Trainer(config, workdir).run()`` -> summary dict. ``config`` is the ml_collections config."""
+    """``Trainer(config, workdir).run()`` -> summary dict. ``config`` is the ml_collections config;
+    ``config.task`` ("lm" by default, "image_diffusion") picks what is trained
+    (``seedjax.train.tasks``): model, data, objective, eval metrics and throughput unit."""
 
     def __init__(self, config, workdir: str, *, progress: bool = True):
         validate_config(config)
         self.config, self.workdir, self.progress = config, workdir, progress
         tc = config.train
-        self.model_cfg = LMConfig.from_dict(config.model)
-        self.seq_len, self.batch_size = int(config.data.seq_len), int(config.data.batch_size)
-        if self.seq_len > self.model_cfg.max_seq_len:
-            raise ValueError(f"data.seq_len={self.seq_len} exceeds model.max_seq_len="
-                             f"{self.model_cfg.max_seq_len}")
+        self.task = make_task(config, workdir)
+        self.model_cfg = self.task.model_cfg
+        self.batch_size = int(config.data.batch_size)
         self.total_steps = int(tc.steps)
         self.mesh = make_mesh(dict(config.mesh.shape))
         self.rules = get_rules(config.mesh.rules)
@@ -79,32 +76,22 @@ class Trainer:
             raise ValueError(f"data.batch_size={self.batch_size} must be divisible by the mesh's "
                              f"data*fsdp size {n_batch_shards}")
 
-        seed = int(tc.seed)
-        model_fn = lambda: LM(self.model_cfg, rngs=nnx.Rngs(seed))
-        self.model_fn = model_fn
-        abstract = abstract_model(model_fn)
+        self.model_fn = self.task.model_fn
+        abstract = abstract_model(self.model_fn)
         self.mdef = model_def(abstract)
         self.param_shapes = param_shapes(abstract)
         decay_mask, groups = param_labels(abstract)
-        self.objective = make_objective(tc.get("objective", "lm"),
-                                        dict(tc.get("objective_kwargs") or {}),
-                                        stack=self.model_cfg.stack)
+        self.objective = self.task.objective
+        self.ema_decay = float(self.task.ema_decay)
         self.tx, self.schedule = make_optimizer(
             tc, decay_mask, groups, trainable_of(tc, self.objective.trainable_groups))
         self.p_shardings = param_shardings(abstract, self.mesh, self.rules)
 
-        self.data = build_lm_data(
-            source=config.data.source, seq_len=self.seq_len, batch_size=self.batch_size,
-            seed=seed, val_fraction=float(config.data.val_fraction),
-            max_val_batches=int(config.data.max_val_batches),
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            tokenizer=config.data.get("tokenizer", "byte"),
-            vocab_size=int(config.data.get("vocab_size", 4096)), workdir=workdir,
-            model_vocab_size=self.model_cfg.vocab_size)
+        self.data = self.task.data
         self.batch_spec = PartitionSpec(("data", "fsdp"))
         eval_seen = tc.get("eval_seen")   # None: auto, on when the run repeats its data
         self.eval_seen = (self.total_steps > self.data.steps_per_epoch if eval_seen is None
-                          else bool(eval_seen))
+                          else bool(eval_seen)) and hasattr(self.task, "seen_batches")
         self._seen = None
         # repair=True: a corrupt latest step is moved aside (never deleted), see checkpoint.py
         self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -115,10 +102,7 @@ class Trainer:
         self._interval: list[dict] = []
         self._interval_t0, self._interval_first, self._untimed = None, None, 0
 
-        flops_per_token = flops_lib.lm_train_flops_per_token(
-            self.model_cfg, self.seq_len,
-            backward=getattr(self.objective, "backward_through_model", True))
-        self.flops_per_step = flops_per_token * self.seq_len * self.batch_size
+        self.flops_per_step = self.task.flops_per_step
         self.peak, self.peak_source = peak_flops_per_device()
         self.add_hook(self._log_hook, every=int(tc.log_every), name="log")
         self.add_hook(self._eval_hook, every=int(tc.eval_every), name="eval")
@@ -179,19 +163,32 @@ class Trainer:
         return state["params"]
 
     def _fresh_state(self):
-        params = nnx.to_pure_dict(nnx.state(self.model_fn(), nnx.Param))
-        return {"step": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": self.tx.init(params),
-                "rng": jax.random.key_data(jax.random.key(int(self.config.train.seed)))}
+        model = self.model_fn()
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        state = {"step": jnp.zeros((), jnp.int32), "params": params,
+                 "opt_state": self.tx.init(params),
+                 "rng": jax.random.key_data(jax.random.key(int(self.config.train.seed)))}
+        if self.mdef.has_model_state:
+            state["model_state"] = self.mdef.model_state_of(model)
+        if self.ema_decay > 0:
+            state["ema"] = jax.tree.map(jnp.copy, params)
+        return state
+
+    def eval_params(self, state: dict | None = None) -> dict:
+        """The params evaluation and sampling use: the EMA when the run keeps one."""
+        state = self.state if state is None else state
+        return state.get("ema", state["params"])
 
     def _compile(self):
         step_fn = make_train_step(self.mdef, self.tx, self.schedule,
-                                  int(self.config.train.get("accum_steps", 1)), self.objective)
+                                  int(self.config.train.get("accum_steps", 1)), self.objective,
+                                  ema_decay=self.ema_decay)
         batch_sh = NamedSharding(self.mesh, self.batch_spec)
         self._train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sh),
                                    out_shardings=(self.state_shardings, None), donate_argnums=0)
-        self._eval_step = jax.jit(make_eval_step(self.mdef),
-                                  in_shardings=(self.p_shardings, batch_sh))
+        mstate_sh = self.state_shardings.get("model_state")
+        self._eval_step = jax.jit(make_eval_step(self.mdef, self.task.eval_sums),
+                                  in_shardings=(self.p_shardings, mstate_sh, batch_sh))
 
     def _global(self, batch: dict) -> dict:
         return global_batch(batch, self.mesh, self.batch_spec)
@@ -206,32 +203,31 @@ class Trainer:
         timed = len(rows) - self._untimed  # the compile step after a resume is not timed
         if timed:
             dt = (time.perf_counter() - self._interval_t0) / timed
-            tokens = self.seq_len * self.batch_size
             flops_per_dev = self.flops_per_step / dt / jax.device_count()
-            avg.update(step_time_s=dt, tokens_per_s=tokens / dt,
-                       tflops_per_device=flops_per_dev / 1e12, mfu=flops_per_dev / self.peak)
+            avg.update({"step_time_s": dt, f"{self.task.unit}_per_s": self.task.items_per_step / dt,
+                        "tflops_per_device": flops_per_dev / 1e12, "mfu": flops_per_dev / self.peak})
         self.last_train_metrics = avg
         self.writer.write(step, avg)
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{avg['loss']:.3f}",
-                                  tok_s=f"{avg.get('tokens_per_s', float('nan')):.0f}")
+            rate = avg.get(f"{self.task.unit}_per_s", float("nan"))
+            self._bar.set_postfix({"loss": f"{avg['loss']:.3f}", f"{self.task.unit}/s": f"{rate:.0f}"})
         self._interval, self._interval_t0, self._untimed = [], time.perf_counter(), 0
 
-    def evaluate(self, params, batches: list | None = None) -> dict:
-        """Validation: mean CE per token ("loss"), bits/byte, token count, and every other eval sum
-        (e.g. a looped model's ``loop_ce/t``) divided by the token count. ``batches``: other
-        batches than the val set (e.g. ``data.seen_batches``)."""
+    def evaluate(self, params, batches: list | None = None, model_state: dict | None = None
+                 ) -> dict:
+        """Validation metrics of the task (``task.report``; LM: mean CE per token "loss",
+        bits/byte, token count, and every other eval sum, e.g. a looped model's ``loop_ce/t``,
+        per token). ``batches``: other batches than the val set (e.g. ``data.seen_batches``);
+        ``model_state``: default the train state's (the model runs in eval mode)."""
+        if model_state is None and hasattr(self, "state"):
+            model_state = self.state.get("model_state")
         sums: dict = {}
         with jax.set_mesh(self.mesh), activation_rules(self.mesh, self.rules):
             for batch in (self.data.val_batches() if batches is None else batches):
-                out = jax.device_get(self._eval_step(params, self._global(batch)))
+                out = jax.device_get(self._eval_step(params, model_state, self._global(batch)))
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
-        n = sums.pop("tokens", 0.0)
-        loss = sums.pop("ce_sum", 0.0) / max(n, 1.0)
-        extra = {k: v / max(n, 1.0) for k, v in sums.items()}
-        bpb = bits_per_byte(loss, self.data.val_tokens_per_byte)  # 1 token/byte for bytes
-        return {"loss": loss, "bits_per_byte": bpb, "tokens": n, **extra}
+        return self.task.report(sums)
 
     def _seen_metrics(self, step: int, val_loss: float) -> dict:
         """Loss on the run's first train batches (seen once step >= their count) beside the val
@@ -240,33 +236,29 @@ class Trainer:
         if not self.eval_seen or step < n:
             return {}
         if self._seen is None:
-            self._seen = self.data.seen_batches(n)
-        seen = self.evaluate(self.state["params"], self._seen)["loss"]
+            self._seen = self.task.seen_batches(n)
+        seen = self.evaluate(self.eval_params(), self._seen)["loss"]
         return {"seen_loss": seen, "seen_minus_val": seen - val_loss}
 
     def _eval_hook(self, trainer, step: int) -> None:
         t0 = time.perf_counter()
-        self.last_eval = self.evaluate(self.state["params"])
+        self.last_eval = self.evaluate(self.eval_params())
         self.last_eval.update(self._seen_metrics(step, self.last_eval["loss"]))
         self.writer.write(step, {**self.last_eval, "eval_time_s": time.perf_counter() - t0},
                           split="val")
         if self._bar is not None:
-            self._bar.write(f"step {step}: val loss {self.last_eval['loss']:.4f}, "
-                            f"bits/byte {self.last_eval['bits_per_byte']:.4f}")
+            extra = "".join(f", {k} {self.last_eval[k]:.4f}" for k in ("bits_per_byte",)
+                            if k in self.last_eval)
+            self._bar.write(f"step {step}: val loss {self.last_eval['loss']:.4f}{extra}")
         if self._interval_t0 is not None:  # keep eval time out of the step-time average
             self._interval_t0 += time.perf_counter() - t0
 
     def _data_diagnostics(self) -> dict:
-        """At a fresh start: the embed factory's optional ``data_diagnostics(cfg, tokens)`` on the
-        train tokens one pass of this run reads (e.g. over-encoding's table hits and collisions),
-        logged at step 0 under split "diagnostics"."""
-        fn = getattr(lookup("embed", self.model_cfg.embed), "data_diagnostics", None)
-        stream = self.data.train_stream
-        if fn is None or stream is None:
-            return {}
-        n = min(len(stream), self.total_steps * self.batch_size * (self.seq_len + 1))
-        metrics = fn(self.model_cfg, np.asarray(stream[:n]))
-        self.writer.write(0, metrics, split="diagnostics")
+        """At a fresh start: the task's data diagnostics (LM: the embed factory's, e.g.
+        over-encoding's table hits and collisions), logged at step 0 under split "diagnostics"."""
+        metrics = self.task.data_diagnostics(self.total_steps)
+        if metrics:
+            self.writer.write(0, metrics, split="diagnostics")
         return metrics
 
     def _ckpt_hook(self, trainer, step: int) -> None:

@@ -5,7 +5,12 @@ parameter dict can be turned back into a module *inside* ``jax.jit`` (merge happ
 time only; no per-step Python graph traversal).
 
 The train state is a plain dict pytree (what orbax saves):
-``{"step": int32[], "params": pure dict, "opt_state": optax state, "rng": uint32 key data}``.
+``{"step": int32[], "params": pure dict, "opt_state": optax state, "rng": uint32 key data}``,
+plus ``"model_state"`` (pure dict of the model's ``nnx.BatchStat`` variables, e.g. the Expert
+Race threshold ``RouterStat``) when the model has any, and ``"ema"`` (an exponential moving
+average of the params, ``train.ema_decay`` > 0). Model state is not differentiated: a train
+step runs the model in training mode, reads the updated statistics back and stores them; eval
+merges them with the model in eval mode (``use_running_average=True``).
 """
 from __future__ import annotations
 
@@ -21,16 +26,41 @@ from seedjax.nn.params import param_metadata
 from seedjax.sharding.rules import param_shardings
 
 
+MODEL_STATE = nnx.BatchStat   # variables a train step updates without gradients
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ModelDef:
     graphdef: Any
-    template: Any  # abstract nnx.State of the Params (ShapeDtypeStructs inside Variables)
-    rest: Any      # non-Param state (e.g. RNG counters), kept constant
+    template: Any        # abstract nnx.State of the Params (ShapeDtypeStructs inside Variables)
+    rest: Any            # other non-Param state (e.g. RNG counters), kept constant
+    state_template: Any = None  # abstract nnx.State of the MODEL_STATE variables (may be empty)
 
-    def merge(self, params: dict) -> nnx.Module:
+    @property
+    def has_model_state(self) -> bool:
+        return bool(self.state_template is not None and jax.tree.leaves(self.state_template))
+
+    def merge(self, params: dict, model_state: dict | None = None, *,
+              train: bool = True) -> nnx.Module:
+        """The module with ``params`` (and ``model_state``, else the abstract template's
+        statistics must not be read); ``train=False`` puts it in eval mode."""
         state = jax.tree.map(lambda x: x, self.template)  # fresh Variables
         nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(self.graphdef, state, self.rest)
+        parts = [state]
+        if self.state_template is not None:
+            mstate = jax.tree.map(lambda x: x, self.state_template)
+            if model_state is not None:
+                nnx.replace_by_pure_dict(mstate, model_state)
+            parts.append(mstate)
+        module = nnx.merge(self.graphdef, *parts, self.rest)
+        if not train:
+            module.eval()
+        return module
+
+    @staticmethod
+    def model_state_of(module: nnx.Module) -> dict:
+        """The pure dict of ``module``'s MODEL_STATE variables (what the train state holds)."""
+        return nnx.to_pure_dict(nnx.state(module, MODEL_STATE))
 
 
 def abstract_model(model_fn: Callable[[], nnx.Module]) -> nnx.Module:
@@ -39,8 +69,8 @@ def abstract_model(model_fn: Callable[[], nnx.Module]) -> nnx.Module:
 
 
 def model_def(abstract: nnx.Module) -> ModelDef:
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    return ModelDef(graphdef, params, rest)
+    graphdef, params, mstate, rest = nnx.split(abstract, nnx.Param, MODEL_STATE, ...)
+    return ModelDef(graphdef, params, rest, mstate)
 
 
 def param_labels(abstract: nnx.Module) -> tuple[dict, dict]:
