@@ -5,6 +5,7 @@
   python -m experiments.bench memory [--mem_d_model 512] [--mem_batches 1,4,16,64,256]
   python -m experiments.bench looped [--looped_new_tokens 64]
   python -m experiments.bench over_encoding [--oe_sizes 16381,65521,...] [--oe_rounds 12]
+  python -m experiments.bench moe [--moe_experts 8,16,32] [--moe_top_ks 2,4] [--moe_rounds 5]
 
 ``lm``: in one run, measures the machine's matmul peak (the MFU denominator on CPU; a vendor table
 on TPU/GPU) and, for each configs/lm.py variant, the jitted train-step time (median of --steps after
@@ -59,6 +60,15 @@ flags.DEFINE_integer("oe_steps", 1, "over_encoding: timed steps per arm per roun
 flags.DEFINE_integer("oe_decode_rounds", 30, "over_encoding: interleaved decode rounds.")
 flags.DEFINE_integer("oe_decode_tokens", 16, "over_encoding: decode steps per arm per round.")
 flags.DEFINE_bool("oe_plot", True, "over_encoding: write over_encoding.png.")
+flags.DEFINE_integer("moe_d_model", 256, "moe: model width d.")
+flags.DEFINE_integer("moe_batch", 8, "moe: images B (T = B x moe_seq tokens).")
+flags.DEFINE_integer("moe_seq", 256, "moe: tokens per image L.")
+flags.DEFINE_list("moe_experts", ["8", "16", "32"], "moe: expert counts E.")
+flags.DEFINE_list("moe_top_ks", ["2", "4"], "moe: experts per token k (= hidden split s).")
+flags.DEFINE_list("moe_dispatches", ["blocked", "ragged_dot", "dense_masked"],
+                  "moe: PairExperts dispatches timed against the dense MLP.")
+flags.DEFINE_integer("moe_rounds", 5, "moe: interleaved timing rounds (median reported).")
+flags.DEFINE_integer("moe_block_size", 128, "moe: block size of the blocked dispatch.")
 
 
 def bench_lm_variant(variant: str, steps: int, peak: float) -> dict:
@@ -305,7 +315,7 @@ def _command(sub: str, prefix: str, *names: str) -> str:
     return " ".join(["python -m experiments.bench", sub, *set_flags])
 
 
-SUBCOMMANDS = ("lm", "connections", "memory", "looped", "over_encoding")
+SUBCOMMANDS = ("lm", "connections", "memory", "looped", "over_encoding", "moe")
 
 
 def check_flags(sub: str) -> dict:
@@ -333,6 +343,12 @@ def check_flags(sub: str) -> dict:
         cli.int_list("--oe_decode_batches", FLAGS.oe_decode_batches, minimum=1)
         check_arms(cli.int_list("--oe_sizes", FLAGS.oe_sizes, minimum=1), FLAGS.oe_paper_m,
                    FLAGS.oe_decode_m)
+    if sub == "moe":
+        from experiments.bench_moe import check_design
+        for name in ("moe_d_model", "moe_batch", "moe_seq", "moe_rounds", "moe_block_size"):
+            check_int(f"--{name}", FLAGS[name].value)
+        check_design(FLAGS.moe_d_model, cli.int_list("--moe_experts", FLAGS.moe_experts, 1),
+                     cli.int_list("--moe_top_ks", FLAGS.moe_top_ks, 1), FLAGS.moe_dispatches)
     if sub != "memory":
         return {}
     cli.int_list("--mem_batches", FLAGS.mem_batches, minimum=1)
@@ -366,6 +382,14 @@ def main(argv):
             rounds=FLAGS.oe_rounds, steps_per_round=FLAGS.oe_steps,
             decode_rounds=FLAGS.oe_decode_rounds, decode_tokens=FLAGS.oe_decode_tokens,
             plot=FLAGS.oe_plot, command=_command("over_encoding", "oe_", "out"))
+        return
+    if argv[1] == "moe":
+        from experiments.bench_moe import bench_moe
+        bench_moe(FLAGS.out, d_model=FLAGS.moe_d_model, batch=FLAGS.moe_batch,
+                  seq=FLAGS.moe_seq, experts=[int(e) for e in FLAGS.moe_experts],
+                  top_ks=[int(k) for k in FLAGS.moe_top_ks],
+                  dispatches=tuple(FLAGS.moe_dispatches), rounds=FLAGS.moe_rounds,
+                  block_size=FLAGS.moe_block_size, command=_command("moe", "moe_", "out"))
         return
     if argv[1] == "memory":
         bench_memory(d_model=FLAGS.mem_d_model, ffn_dim=FLAGS.mem_ffn_dim or None,

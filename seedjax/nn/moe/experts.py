@@ -27,9 +27,15 @@ row ``assign_row[t, j]`` back for every kept assignment. Three layouts:
 Measured forward + backward on CPU (2 shared cores, T = 2048, d = 256, E = 16, k = 4, F = 192):
 dense SwiGLU of width k F 135 ms, "blocked" 264 ms, capacity 1.25 282 ms, "ragged_dot" 2540 ms.
 
+The layout code (``blocked_rows`` / ``ragged_rows`` over expert-sorted assignments) and the
+grouped linear maps (``blocked_linear`` / ``ragged_linear`` / ``stacked_linear``) are shared
+with ``pair_experts.PairExperts``, whose inputs are already expert-sorted (token, expert) pairs
+(Expert Race / expert choice: 0..E experts per token).
+
 The layouts are global over the T tokens of a call: under a sharded mesh (e.g. "expert" and
-"mlp" sharded by ``fsdp_tp_mem``) XLA's partitioner inserts the collectives; there is no
-hand-written expert-parallel all-to-all.
+"mlp" sharded by ``fsdp_tp_mem``) XLA's partitioner inserts the collectives. A hand-written
+expert-parallel version over pairs (experts over a mesh axis, shard_map) is in
+``expert_parallel.py``.
 
 Matmuls run in the compute dtype; combine weights and the sum over choices in float32 or wider.
 
@@ -39,7 +45,7 @@ Parameters (logical axes; optimizer labels: decayed, lr group "default"):
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,9 +58,17 @@ from seedjax.nn.params import normal_init, param
 class Layout(NamedTuple):
     row_token: jax.Array    # [R] int32 token copied into each row
     row_valid: jax.Array    # [R] bool; False: padding row (input zeros)
-    assign_row: jax.Array   # [T, k] int32 row holding assignment (t, j)
-    assign_kept: jax.Array  # [T, k] bool; False: dropped by the capacity
+    assign_row: jax.Array   # [T, k] (or [P] for pairs) int32 row holding each assignment
+    assign_kept: jax.Array  # [T, k] (or [P]) bool; False: dropped by the capacity / padding
     groups: jax.Array       # blocked: expert of each block [G]; ragged: sizes [E]; capacity: [E]
+
+
+class SortedRows(NamedTuple):
+    """Rows of A assignments already sorted by expert (valid ones first, ``sizes`` of them)."""
+    row_src: jax.Array   # [R] int32 sorted assignment feeding each row (clipped for padding)
+    row_valid: jax.Array  # [R] bool
+    slot_row: jax.Array  # [A] int32 row of each sorted assignment (0 past the valid ones)
+    groups: jax.Array    # blocked: expert of each block [G]; ragged: sizes [E]
 
 
 def _sorted_queues(experts: jax.Array, n_experts: int):
@@ -89,32 +103,56 @@ def block_rows(block_size: int, n_assignments: int, n_experts: int) -> int:
     return max(1, min(block_size, 1 << (mean_rows - 1).bit_length()))
 
 
-def blocked_layout(experts: jax.Array, n_experts: int, block: int) -> Layout:
-    n, k = experts.shape
-    a = n * k
-    order, sorted_expert, pos, sizes, starts = _sorted_queues(experts, n_experts)
+def n_blocks(n_assignments: int, n_experts: int, block: int) -> int:
+    """Blocks bounding every routing of A assignments: floor((A + min(E, A)(b - 1)) / b)."""
+    return (n_assignments + min(n_experts, n_assignments) * (block - 1)) // block
+
+
+def blocked_rows(sorted_expert: jax.Array, sizes: jax.Array, n_experts: int,
+                 block: int) -> SortedRows:
+    """The "blocked" layout of A expert-sorted assignments (sorted_expert [A], the first
+    sum(sizes) valid, sizes [E]): each expert's queue padded to whole blocks of ``block`` rows,
+    ``n_blocks(A, E, block)`` blocks. Shared by token choice ([T, k] sorted by ``_sorted_queues``)
+    and by expert-sorted (token, expert) pairs (``pair_experts``)."""
+    a = sorted_expert.shape[0]
+    starts = jnp.cumsum(sizes) - sizes
     padded = (sizes + block - 1) // block * block
     ends = jnp.cumsum(padded)
     pstarts = ends - padded
-    n_blocks = (a + min(n_experts, a) * (block - 1)) // block
-    block_expert = jnp.searchsorted(ends, jnp.arange(n_blocks) * block, side="right",
+    g = n_blocks(a, n_experts, block)
+    block_expert = jnp.searchsorted(ends, jnp.arange(g) * block, side="right",
                                     method="compare_all")
     block_expert = jnp.minimum(block_expert, n_experts - 1).astype(jnp.int32)
-    rows = jnp.arange(n_blocks * block, dtype=jnp.int32)
+    rows = jnp.arange(g * block, dtype=jnp.int32)
     e = block_expert[rows // block]
     p = rows - pstarts[e]       # trailing unused blocks: p >= padded[E-1] >= sizes[E-1]
-    return Layout(_row_tokens(order, starts, e, p, n), p < sizes[e],
-                  _per_assignment(pstarts[sorted_expert] + pos, order, n),
-                  jnp.ones((n, k), bool), block_expert)
+    idx = jnp.arange(a, dtype=jnp.int32)
+    valid = idx < jnp.sum(sizes)
+    slot = jnp.where(valid, pstarts[sorted_expert] + idx - starts[sorted_expert], 0)
+    return SortedRows(jnp.clip(starts[e] + p, 0, max(a - 1, 0)), p < sizes[e],
+                      slot.astype(jnp.int32), block_expert)
+
+
+def ragged_rows(sizes: jax.Array, n_assignments: int) -> SortedRows:
+    """The "ragged_dot" layout: one row per sorted assignment, rows past sum(sizes) invalid."""
+    idx = jnp.arange(n_assignments, dtype=jnp.int32)
+    return SortedRows(idx, idx < jnp.sum(sizes), idx, sizes.astype(jnp.int32))
+
+
+def blocked_layout(experts: jax.Array, n_experts: int, block: int) -> Layout:
+    n, k = experts.shape
+    order, sorted_expert, _, sizes, _ = _sorted_queues(experts, n_experts)
+    r = blocked_rows(sorted_expert, sizes, n_experts, block)
+    return Layout(order[r.row_src] % n, r.row_valid, _per_assignment(r.slot_row, order, n),
+                  jnp.ones((n, k), bool), r.groups)
 
 
 def ragged_layout(experts: jax.Array, n_experts: int) -> Layout:
     n, k = experts.shape
     order, _, _, sizes, _ = _sorted_queues(experts, n_experts)
-    a = n * k
-    return Layout(order % n, jnp.ones((a,), bool),
-                  _per_assignment(jnp.arange(a, dtype=jnp.int32), order, n),
-                  jnp.ones((n, k), bool), sizes)
+    r = ragged_rows(sizes, n * k)
+    return Layout(order[r.row_src] % n, r.row_valid, _per_assignment(r.slot_row, order, n),
+                  jnp.ones((n, k), bool), r.groups)
 
 
 def capacity_layout(experts: jax.Array, n_experts: int, capacity: int) -> Layout:
@@ -148,6 +186,67 @@ def _block_matmul(rows: jax.Array, w: jax.Array, block_expert: jax.Array) -> jax
     return jnp.einsum("gbi,gio->gbo", rows, w[block_expert])
 
 
+# ---- grouped linear maps: lin(rows, w [E, i, o], bias [E, o] | None) in a layout's row shape ----
+
+def blocked_linear(block_expert: jax.Array) -> Callable:
+    """rows [G, b, i] -> rows @ w[block_expert] (+ bias[block_expert]) [G, b, o]."""
+    def lin(a, w, b=None):
+        y = _block_matmul(a, w, block_expert)
+        return y if b is None else y + b[block_expert][:, None, :]
+    return lin
+
+
+def ragged_linear(sizes: jax.Array) -> Callable:
+    """rows [R, i] grouped by ``sizes`` [E] -> ``jax.lax.ragged_dot`` (+ each row's expert's
+    bias) [R, o], int32 group sizes; rows past sum(sizes) are set to zero (TPU leaves them
+    undefined)."""
+    sizes = sizes.astype(jnp.int32)
+
+    def lin(a, w, b=None):
+        rows = jnp.arange(a.shape[0], dtype=jnp.int32)
+        y = jax.lax.ragged_dot(a, w, sizes)
+        if b is not None:
+            row_expert = jnp.searchsorted(jnp.cumsum(sizes), rows, side="right",
+                                          method="compare_all")
+            y = y + b[jnp.minimum(row_expert, w.shape[0] - 1)]
+        return jnp.where((rows < jnp.sum(sizes))[:, None], y, jnp.zeros((), y.dtype))
+    return lin
+
+
+def stacked_linear(a: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
+    """Every expert on its own rows a [E, C, i], or on the same rows a [C, i]: -> [E, C, o]."""
+    y = jnp.einsum("ci,eio->eco" if a.ndim == 2 else "eci,eio->eco", a, w)
+    return y if b is None else y + b[:, None, :]
+
+
+def apply_rows(ffn: Callable, rows: jax.Array, mode: str, groups: jax.Array) -> jax.Array:
+    """``ffn(rows, lin)`` on a layout's rows [R, d] -> [R, d_out]; ``mode`` "blocked"
+    (groups: expert per block), "ragged_dot" (groups: sizes [E]) or "capacity" ([E] rows
+    each, groups: arange(E))."""
+    if mode == "ragged_dot":
+        return ffn(rows, ragged_linear(groups))
+    lin = stacked_linear if mode == "capacity" else blocked_linear(groups)
+    n, d = rows.shape
+    return ffn(rows.reshape(groups.shape[0], -1, d), lin).reshape(n, -1)
+
+
+def swiglu_params(rngs: nnx.Rngs, n_experts: int, d_model: int, hidden: int, in_std: float,
+                  out_std: float) -> tuple[nnx.Param, nnx.Param, nnx.Param]:
+    """(w_gate, w_up [E, d, F] ("expert", "embed", "mlp"), w_down [E, F, d])."""
+    e, d, f = n_experts, d_model, hidden
+    return (param(rngs, normal_init(in_std), (e, d, f), ("expert", "embed", "mlp")),
+            param(rngs, normal_init(in_std), (e, d, f), ("expert", "embed", "mlp")),
+            param(rngs, normal_init(out_std), (e, f, d), ("expert", "mlp", "embed")))
+
+
+def swiglu_ffn(p: dict, rows: jax.Array, lin: Callable, dtype) -> jax.Array:
+    """(silu(rows W_gate) * (rows W_up)) W_down with the layout's grouped ``lin``; ``p`` holds
+    the float32 arrays w_gate, w_up, w_down, cast to the compute ``dtype``."""
+    gate = lin(rows, p["w_gate"].astype(dtype))
+    up = lin(rows, p["w_up"].astype(dtype))
+    return lin(jax.nn.silu(gate) * up, p["w_down"].astype(dtype))
+
+
 class Experts(nnx.Module):
     """``Experts(config, dtype=..., rngs=...)(x [T, d], experts [T, k], weights [T, k])
     -> y [T, d]`` (float32 or wider; dispatch chosen by the config, see module docstring)."""
@@ -155,18 +254,10 @@ class Experts(nnx.Module):
     def __init__(self, config: MoEConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         c = self.config = config
         self.dtype = dtype
-        e, d, f = c.n_experts, c.d_model, c.expert_dim
-        in_std = c.expert_init_std if c.expert_init_std is not None else d ** -0.5
-        out_std = c.out_init_std if c.out_init_std is not None else f ** -0.5
-        self.w_gate = param(rngs, normal_init(in_std), (e, d, f), ("expert", "embed", "mlp"))
-        self.w_up = param(rngs, normal_init(in_std), (e, d, f), ("expert", "embed", "mlp"))
-        self.w_down = param(rngs, normal_init(out_std), (e, f, d), ("expert", "mlp", "embed"))
-
-    def _swiglu(self, rows: jax.Array, matmul) -> jax.Array:
-        dt = self.dtype
-        gate = matmul(rows, self.w_gate[...].astype(dt))
-        up = matmul(rows, self.w_up[...].astype(dt))
-        return matmul(jax.nn.silu(gate) * up, self.w_down[...].astype(dt))
+        in_std = c.expert_init_std if c.expert_init_std is not None else c.d_model ** -0.5
+        out_std = c.out_init_std if c.out_init_std is not None else c.expert_dim ** -0.5
+        self.w_gate, self.w_up, self.w_down = swiglu_params(
+            rngs, c.n_experts, c.d_model, c.expert_dim, in_std, out_std)
 
     def layout(self, experts: jax.Array) -> Layout:
         """Row layout of this config for experts [T, k]."""
@@ -179,15 +270,10 @@ class Experts(nnx.Module):
         return blocked_layout(experts, c.n_experts, block_rows(c.block_size, n * k, c.n_experts))
 
     def __call__(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
-        c, d = self.config, self.config.d_model
+        c = self.config
         layout = self.layout(experts)
-        rows = dispatch(x.astype(self.dtype), layout)
-        if c.capacity_factor is not None:
-            rows = rows.reshape(c.n_experts, -1, d)
-            out = self._swiglu(rows, lambda a, w: jnp.einsum("eci,eio->eco", a, w))
-        elif c.grouped_matmul == "ragged_dot":
-            out = self._swiglu(rows, lambda a, w: jax.lax.ragged_dot(a, w, layout.groups))
-        else:
-            rows = rows.reshape(layout.groups.shape[0], -1, d)
-            out = self._swiglu(rows, lambda a, w: _block_matmul(a, w, layout.groups))
-        return combine(out.reshape(-1, d), layout, weights)
+        mode = "capacity" if c.capacity_factor is not None else c.grouped_matmul
+        p = {"w_gate": self.w_gate[...], "w_up": self.w_up[...], "w_down": self.w_down[...]}
+        out = apply_rows(lambda rows, lin: swiglu_ffn(p, rows, lin, self.dtype),
+                         dispatch(x.astype(self.dtype), layout), mode, layout.groups)
+        return combine(out, layout, weights)
