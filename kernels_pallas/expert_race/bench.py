@@ -1,0 +1,288 @@
+"""CPU benchmark of the XLA ways to race, and the TPU compile report of the kernel.
+
+    python -m kernels_pallas.expert_race.bench              # production shapes (~5 min on 2 cores)
+    python -m kernels_pallas.expert_race.bench --quick      # smaller shapes (< 1 min)
+    python -m kernels_pallas.expert_race.bench \
+        --compile-report results/kernels/expert_race_tpu_compile.md
+
+The timing table times, on this host's backend, in one run: ``lax.top_k`` of the flattened
+scores (values and indices only, the baseline of every ratio), the racing.py reference
+(``method="top_k"``: sortable keys, top_k, mask scatter, counts), a full ``jnp.sort`` (kth
+= sorted[N - K], mask = scores >= kth), a stable ``jnp.argsort`` (exact-K mask by scatter),
+``lax.approx_max_k`` (recall_target 0.95; its recall against the exact race is reported), and
+racing.py's ``method="threshold"`` (the kernel's counting passes, as XLA ops over HBM). It
+writes results/bench/expert_race.{json,md} with the machine and its load average before and
+after. The Pallas kernel is not timed here: on a CPU it only runs under the interpreter, which
+copies whole buffers per step and measures the interpreter, not the kernel.
+
+``--compile-report`` AOT-compiles ``expert_race_select(implementation="pallas_tpu")`` with
+libtpu for v5e, v5p and v6e topologies on this host (one chip, and inside ``jax.shard_map`` over
+4 chips with the batch sharded, each chip racing its own tokens) and writes
+``memory_analysis()`` and the scoped VMEM the compiler reports to a markdown page.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import re
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from kernels_pallas.expert_race import api, arg_specs, config, reference, tpu
+from kernels_pallas.pk_retrieval.bench import TOPOLOGIES, _topology_devices, libtpu_available
+
+APPROX_RECALL = 0.95
+# --quick: the float32 production settings at 16 images per chip.
+QUICK = tuple(dataclasses.replace(s, name=s.name.split("_", 1)[1] + "_b16",
+                                  shape=(16,) + s.shape[1:])
+              for s in arg_specs.PRODUCTION if s.dtype == "float32")
+
+
+def methods(spec: arg_specs.RaceSpec) -> dict:
+    """name -> jitted f(scores) for the XLA ways to race ``spec``."""
+    k, count = spec.k_per_token, spec.count
+
+    def sort_ge(x):
+        flat = x.reshape(-1)
+        kth = jnp.sort(flat)[flat.size - count]
+        return x >= kth
+
+    def argsort_exact(x):
+        keys = reference.sortable_key(x.reshape(-1))
+        top = jnp.argsort(-keys, stable=True)[:count]
+        return jnp.zeros(keys.shape, bool).at[top].set(True).reshape(x.shape)
+
+    return {
+        "lax.top_k": jax.jit(lambda x: lax.top_k(x.reshape(-1), count)),
+        "racing top_k (reference)": jax.jit(
+            lambda x: reference.expert_race_reference(x, k, ties=spec.ties, method="top_k")),
+        "jnp.sort (kth, >=)": jax.jit(sort_ge),
+        "jnp.argsort (exact K)": jax.jit(argsort_exact),
+        "lax.approx_max_k": jax.jit(
+            lambda x: lax.approx_max_k(x.reshape(-1), count, recall_target=APPROX_RECALL)),
+        "racing threshold (XLA)": jax.jit(
+            lambda x: reference.expert_race_reference(x, k, ties=spec.ties, method="threshold")),
+    }
+
+
+def approx_recall(spec, x) -> float:
+    """|approx_max_k's K indices within the exact race| / K on scores x."""
+    _, idx = jax.jit(lambda v: lax.approx_max_k(v.reshape(-1), spec.count,
+                                                recall_target=APPROX_RECALL))(x)
+    exact, _ = reference.expert_race_reference(x, spec.k_per_token)
+    return float(jnp.mean(exact.reshape(-1)[idx]))
+
+
+def run_table(specs, reps: int) -> dict:
+    """Times every method on every spec (median and p90 of ``reps`` calls after a warm-up)."""
+    from experiments.bench_common import median_time
+    rows = []
+    for spec in specs:
+        x = spec.make(0)
+        times = {}
+        for name, f in methods(spec).items():
+            jax.block_until_ready(f(x))
+            med, p90 = median_time(lambda f=f: jax.block_until_ready(f(x)), reps)
+            times[name] = {"median_s": med, "p90_s": p90}
+        base = times["lax.top_k"]["median_s"]
+        rows.append({"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype,
+                     "ties": spec.ties, "scores": spec.scores, "K": spec.count, "times": times,
+                     "ratio_vs_top_k": {m: t["median_s"] / base for m, t in times.items()},
+                     "approx_max_k_recall": approx_recall(spec, x)})
+        print(spec.name, {m: round(t["median_s"] * 1e3, 2) for m, t in times.items()},
+              flush=True)
+    return rows
+
+
+def render(result: dict) -> list[str]:
+    m = result["machine"]
+    names = list(result["rows"][0]["times"])
+    md = ["# expert_race: the XLA ways to race on this host",
+          "",
+          "Generated by `python -m kernels_pallas.expert_race.bench"
+          f"{' --quick' if result['quick'] else ''}` (do not edit by hand). "
+          f"{m['time']}; {m['device_kind']} ({m['cpu_count']} CPUs), load average "
+          f"{m['load_avg']} at the start and {result['load_avg_end']} at the end (the host is "
+          "shared: absolute times are noisy, ratios within one run less so); jax "
+          f"{m['versions'].get('jax')}.",
+          "",
+          "Median wall ms of one call (after a warm-up), and in brackets the ratio to "
+          "`lax.top_k` of the flattened scores in the same run. Scores are standard normal "
+          "(no ties), K = B L k. The Pallas kernel is **not** in this table: on a CPU it runs "
+          "only under the Pallas interpreter, which times the interpreter, not the kernel "
+          "(its numerics are tested; its TPU compile is in "
+          "results/kernels/expert_race_tpu_compile.md).",
+          "",
+          "| spec | shape | K | " + " | ".join(names) + " | approx_max_k recall |",
+          "|---|---|---|" + "---|" * len(names) + "---|"]
+    for r in result["rows"]:
+        cells = [f"{r['times'][n]['median_s'] * 1e3:.1f} ({r['ratio_vs_top_k'][n]:.2f}x)"
+                 for n in names]
+        md.append(f"| {r['name']} | {'x'.join(map(str, r['shape']))} {r['dtype']} | {r['K']} | "
+                  + " | ".join(cells) + f" | {r['approx_max_k_recall']:.4f} |")
+    md += ["",
+           "Methods: `lax.top_k` returns values and indices only; `racing top_k` is the "
+           "reference of the kernel (keys, top_k, mask, counts, ties by index); `jnp.sort` finds "
+           "kth and selects `>=` (the community rule, ties may add pairs); `jnp.argsort` is a "
+           "stable sort of the keys, exact K; `lax.approx_max_k` is approximate (recall target "
+           f"{APPROX_RECALL}; its docs say it is optimized only on TPU: the recall measured "
+           "here on this backend says nothing about a TPU's; with bfloat16 scores many values "
+           "tie, and a tied pair it picks instead of the race's lower index counts as a miss); "
+           "`racing threshold` is the kernel's algorithm as XLA ops (bits counting passes, "
+           "plus log2 N for ties=\"index\", which the kernel skips when every tie is "
+           "needed), each pass a read of all N keys from memory, where the kernel reads VMEM."]
+    return md
+
+
+# -------------------------------------------------------------------------- TPU compile report
+
+def compile_tpu(spec, chip: str, sharded: bool, tiles=None):
+    """AOT-compiles ``api.expert_race_select(implementation="pallas_tpu")`` of ``spec`` for
+    ``chip`` with libtpu on this host: one device, or ``jax.shard_map`` over the topology's 4
+    chips with the batch sharded (spec.shape is per chip; every chip races its own tokens).
+    Returns the ``Compiled`` object."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    devices = _topology_devices(chip)
+    tiles = tiles or config.TPU_TILES[chip]
+
+    def race(s):
+        mask, info = api.expert_race_select(s, spec.k_per_token, ties=spec.ties,
+                                            implementation="pallas_tpu", tiles=tiles)
+        return mask, info.kth[None], info.excess[None], info.counts[None]
+
+    n = 4 if sharded else 1
+    mesh = Mesh(np.array(devices[:n]), ("data",))
+    shape = (spec.shape[0] * n,) + spec.shape[1:]
+    arg = jax.ShapeDtypeStruct(shape, jnp.dtype(spec.dtype),
+                               sharding=NamedSharding(mesh, P("data")))
+    f = race if not sharded else jax.shard_map(race, mesh=mesh, in_specs=P("data"),
+                                               out_specs=(P("data"),) * 4, check_vma=False)
+    return jax.jit(f).trace(arg).lower().compile()
+
+
+def scoped_vmem_mib(spec, chip: str) -> float | None:
+    """The kernel's scoped VMEM as the compiler states it when it refuses a 64 KiB limit."""
+    tiny = dataclasses.replace(config.TPU_TILES[chip], vmem_limit_bytes=64 * 2**10)
+    try:
+        compile_tpu(spec, chip, False, tiles=tiny)
+        return None
+    except Exception as e:                                    # noqa: BLE001
+        found = re.search(r"Scoped allocation with size ([0-9.]+)([KMG])", str(e))
+    if found is None:
+        return None
+    return float(found.group(1)) * {"K": 1 / 1024, "M": 1.0, "G": 1024.0}[found.group(2)]
+
+
+def _stack() -> str:
+    import jaxlib
+    from importlib import metadata
+    return (f"{datetime.date.today()}, jax {jax.__version__} / jaxlib {jaxlib.__version__} / "
+            f"libtpu {metadata.version('libtpu')} on a {platform.machine()} "
+            f"{platform.system()} host with no TPU")
+
+
+def compile_report(path: str | None, specs=None, chips=("v5e", "v5p", "v6e")) -> str:
+    """Compiles every (spec, chip, 1 chip / 4-chip shard_map); returns (and writes to ``path``)
+    the markdown page."""
+    specs = specs or arg_specs.PRODUCTION
+    rows = []
+    for chip in chips:
+        tiles = config.TPU_TILES[chip]
+        for spec in specs:
+            lay = tpu.layout(spec.shape, tiles.chunk_rows)
+            est = tpu.vmem_bytes(lay, 2 if spec.dtype == "bfloat16" else 4) / 2**20
+            scoped = scoped_vmem_mib(spec, chip)
+            for sharded in (False, True):
+                t0 = time.perf_counter()
+                try:
+                    m = compile_tpu(spec, chip, sharded).memory_analysis()
+                    status = "compiles"
+                    cells = [f"{b / 2**20:.2f}" for b in (
+                        m.argument_size_in_bytes, m.output_size_in_bytes, m.temp_size_in_bytes,
+                        m.generated_code_size_in_bytes)]
+                except Exception as e:                        # noqa: BLE001 (reported)
+                    status, cells = f"FAILS: {str(e).splitlines()[0][:120]}", ["-"] * 4
+                mode = "shard_map 4 chips (batch sharded)" if sharded else "1 chip"
+                rows.append(f"| {chip} | {spec.name} | {spec.dtype} | {spec.ties} | "
+                            f"{spec.scores} | {spec.count} | {mode} | {status} | "
+                            f"{'-' if scoped is None else f'{scoped:.2f}'} | {est:.2f} | "
+                            f"{' | '.join(cells)} | {time.perf_counter() - t0:.1f} |")
+                print(rows[-1], flush=True)
+    tiles_txt = "; ".join(f"{chip}: `{config.TPU_TILES[chip]}`" for chip in chips)
+    page = "\n".join([
+        "# expert_race: TPU AOT compile (libtpu on a CPU host)",
+        "",
+        "Written by `python -m kernels_pallas.expert_race.bench --compile-report "
+        f"results/kernels/expert_race_tpu_compile.md` (regenerate, do not edit): {_stack()}. "
+        "The TPU devices are topologies from `jax.experimental.topologies.get_topology_desc`.",
+        "",
+        f"Tiles (config.py): {tiles_txt}. Shapes are per chip ([B, L, E], K = B L k); the "
+        "sharded rows compile `expert_race_select(implementation=\"pallas_tpu\")` inside "
+        "`jax.shard_map` over a 4-chip mesh with 4x B sharded, each chip racing its own "
+        "tokens (a global race across chips needs a count all-reduce per pass; not a kernel "
+        "feature).",
+        "",
+        "Memory columns are XLA's `memory_analysis()` of the whole jitted program in MiB (per "
+        "device): argument (the scores), output (bool mask + RaceInfo), temp and generated "
+        "code. 'scoped VMEM' is the kernel's scoped VMEM as the compiler reports it (compile "
+        "once with a 64 KiB limit and read 'Scoped allocation with size' from the "
+        "RESOURCE_EXHAUSTED error): the int32 key scratch (4 bytes per padded score) and the "
+        "two-slot input buffer. 'est.' is config.py's arithmetic (`tpu.vmem_bytes`), which "
+        "also counts the int8 mask output block (1 byte per padded score): XLA places that "
+        "block in VMEM (memory space S(1) in the compiled HLO) outside the scoped allocation, "
+        "and counts it against the chip's VMEM (an oversized problem fails with 'Ran out of "
+        "memory in memory space vmem', tested). On v5p the temp column is the wrapper's "
+        "relayout copies (scores [B, L, E] to the kernel's [rows, 128] and the mask back: "
+        "E < 128 is lane-padded in TPU's tiled HBM layout, so these are real copies; with "
+        "E = 128 they vanish); v5e and v6e report temp 0 for the same programs (not "
+        "investigated). 'compiles' means Mosaic accepted the kernel (layouts, bf16 tiling, "
+        "DMA shapes, the scalar-controlled index-search loop) within `vmem_limit_bytes`; it "
+        "says nothing about speed: the kernel has not run on a TPU.",
+        "",
+        "| chip | spec | dtype | ties | N | K | mode | status | scoped VMEM MiB | est. MiB "
+        "| arg MiB | out MiB | temp MiB | code MiB | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows, ""])
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            f.write(page)
+    return page
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="16 images per chip instead of 32..256")
+    p.add_argument("--reps", type=int, default=None, help="timed calls per method")
+    p.add_argument("--out", default="results/bench", help="folder of expert_race.{json,md}")
+    p.add_argument("--compile-report", metavar="PATH", default=None,
+                   help="AOT-compile for v5e/v5p/v6e with libtpu and write the markdown page")
+    a = p.parse_args(argv)
+    if a.compile_report and not libtpu_available():
+        sys.exit("--compile-report needs libtpu: pip install 'jax[tpu]==<jax version>'")
+    elif a.compile_report:
+        compile_report(a.compile_report)
+    else:
+        timing(a.quick, a.reps, a.out)
+
+
+def timing(quick: bool, reps: int | None, out: str) -> None:
+    """Runs the timing table and writes <out>/expert_race.{json,md}."""
+    from experiments.bench_common import machine, write_result
+    info = machine()
+    rows = run_table(QUICK if quick else arg_specs.PRODUCTION, reps or (5 if quick else 3))
+    result = {"machine": info, "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+              "quick": quick, "approx_recall_target": APPROX_RECALL, "rows": rows}
+    write_result(out, "expert_race", result, render(result))
+
+
+if __name__ == "__main__":
+    main()
