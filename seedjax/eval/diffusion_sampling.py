@@ -96,18 +96,28 @@ def make_sampler(mdef, objective, *, steps: int, sampler: str, cfg_scale: float)
     return jax.jit(run)
 
 
-def write_class_grid(trainer, path: str) -> str:
-    """Samples ``sample.per_class`` images of every class with a trained ``Trainer``'s eval
-    params (EMA when kept) and the config's sampler; writes a PNG grid, one row per class."""
+def generate_per_class(trainer, per_class: int, *, seed: int | None = None,
+                       steps: int | None = None) -> tuple:
+    """(images [C per_class, H, W, C] numpy, labels) from a trained ``Trainer``'s eval params
+    (EMA when kept), ``per_class`` images of every class in order, with the config's sampler,
+    CFG scale and (unless given) steps and seed."""
     import numpy as np
 
-    from seedjax.eval.image_grid import class_grid_labels, save_grid
+    from seedjax.eval.image_grid import class_grid_labels
     s = trainer.config.sample
-    n_classes = trainer.model_cfg.num_classes
-    f = make_sampler(trainer.mdef, trainer.objective, steps=int(s.steps), sampler=s.sampler,
+    f = make_sampler(trainer.mdef, trainer.objective,
+                     steps=int(s.steps if steps is None else steps), sampler=s.sampler,
                      cfg_scale=float(s.cfg_scale))
-    labels = jnp.asarray(class_grid_labels(n_classes, int(s.per_class)))
+    labels = class_grid_labels(trainer.model_cfg.num_classes, per_class)
     state = jax.device_get(trainer.state)
-    images = f(trainer.eval_params(state), state.get("model_state"), labels,
-               jax.random.key(int(s.seed)))
-    return save_grid(np.asarray(images), path, rows=n_classes)
+    images = f(trainer.eval_params(state), state.get("model_state"), jnp.asarray(labels),
+               jax.random.key(int(s.seed if seed is None else seed)))
+    return np.asarray(images), labels
+
+
+def write_class_grid(trainer, path: str) -> str:
+    """``sample.per_class`` images of every class (``generate_per_class``) as a PNG grid, one
+    row per class."""
+    from seedjax.eval.image_grid import save_grid
+    images, _ = generate_per_class(trainer, int(trainer.config.sample.per_class))
+    return save_grid(images, path, rows=trainer.model_cfg.num_classes)

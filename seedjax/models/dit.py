@@ -200,3 +200,27 @@ def forward_flops_per_image(c: DiTConfig) -> dict[str, float]:
         for k, v in c.moe_config().forward_flops_per_token().items():
             out[f"moe_{k}"] = n_moe * n * v
     return out
+
+
+def param_counts(c: DiTConfig) -> dict[str, int]:
+    """Parameter counts from the abstract model (``nnx.eval_shape``: nothing allocated):
+    ``total`` and ``active`` (an MoE layer's experts count k / E) for the whole model, and
+    ``blocks_total`` / ``blocks_active`` for the transformer blocks alone (what Race-DiT's
+    Table 4 matches: its dense sizes equal 18 d^2 + 15 d per block, without the embedders and
+    the final layer [I])."""
+    import math
+
+    abstract = nnx.eval_shape(lambda: DiT(c, rngs=nnx.Rngs(0)))
+    flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
+    out = dict.fromkeys(("total", "active", "blocks_total", "blocks_active"), 0)
+    frac = c.moe_config().top_k / c.moe_config().n_experts if c.ffn == "moe" else 1.0
+    for path, v in flat:
+        n = math.prod(v.get_value().shape)
+        names = [str(p) for p in path]
+        act = n * frac if "experts" in names else n
+        out["total"] += n
+        out["active"] += act
+        if names[0] == "blocks":
+            out["blocks_total"] += n
+            out["blocks_active"] += act
+    return {k: int(round(v)) for k, v in out.items()}

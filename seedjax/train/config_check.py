@@ -99,7 +99,7 @@ SCHEMA: dict[str, Any] = {
     "task_eval": {"tasks": _f("str"), "episodes": _f("int", *POS),
                   "batch_size": _f("int", *POS), "seed": _f("int", *NONNEG)},
 }
-OPTIONAL_SECTIONS = ("task_eval",)
+OPTIONAL_SECTIONS = ("task_eval", "image_eval")
 
 
 def _dit_schema() -> dict[str, Field]:
@@ -134,6 +134,7 @@ def _diffusion_schema() -> dict[str, Any]:
         "sample": {"per_class": _f("int", *POS), "steps": _f("int", *POS),
                    "sampler": _f("str", lambda v: v in SAMPLERS, f"one of {list(SAMPLERS)}"),
                    "cfg_scale": _f("float", *NONNEG), "seed": _f("int", *NONNEG)},
+        "image_eval": {"per_class": _f("int", *POS)},   # optional: reproduce's FID-proxy
     }
 
 
