@@ -152,6 +152,10 @@ def row_flops(base, row: dict) -> float | None:
     from seedjax.train.flops import lm_forward_flops_per_token
     try:
         cfg = apply_overrides(base, row.get("overrides", {}))
+        if cfg.get("task", "lm") == "image_diffusion":   # per patch token
+            from seedjax.models.dit import DiTConfig, forward_flops_per_image
+            dit = DiTConfig.from_dict(cfg.model)
+            return sum(forward_flops_per_image(dit).values()) / dit.tokens
         return sum(lm_forward_flops_per_token(LMConfig.from_dict(cfg.model),
                                               cfg.data.seq_len).values())
     except ValueError:
@@ -194,6 +198,16 @@ def scale_lines(base, results: list, rows: list, paper_scale: dict | None) -> li
                    if x["row"] == r["name"] and x.get("params")), None)
     if base is None or not params:
         return []
+    if "seq_len" not in base.data:   # images: the count of training samples drawn
+        images = int(base.train.steps) * int(base.data.batch_size)
+        ours = (f"Scale: ours {params / 1e6:.2f}M parameters ({rows[0]['name']}), "
+                f"{images / 1e3:.1f}k training images drawn (steps x batch)")
+        if not paper_scale or "images" not in paper_scale:
+            return [ours + "."]
+        return [ours + f"; paper: {paper_scale['what']}, {paper_scale['params'] / 1e6:,.0f}M "
+                f"parameters, {paper_scale['images'] / 1e6:,.0f}M images drawn: ours is 1/"
+                f"{paper_scale['params'] / params:,.0f} of its parameters and 1/"
+                f"{paper_scale['images'] / images:,.0f} of its images."]
     tokens = int(base.train.steps) * int(base.data.batch_size) * int(base.data.seq_len)
     ours = f"Scale: ours {params / 1e6:.2f}M parameters ({rows[0]['name']}), {tokens / 1e6:.2f}M " \
            f"training tokens"
@@ -240,7 +254,8 @@ def report_text(out: str, config: str, rows: list, results: list, base=None,
                          f"not run yet | | | | | {flops} | |")
             continue
         lines.append(f"| {r.get('group', '')} | {r['name']} | {r.get('paper', '')} | "
-                     f"{mean_std_text(m, s, n, 4)} | {m - base_mean:+.4f} | {bpb:.4f} | "
+                     f"{mean_std_text(m, s, n, 4)} | {m - base_mean:+.4f} | "
+                     f"{'' if math.isnan(bpb) else f'{bpb:.4f}'} | "
                      f"{st:.3f} | {params / 1e6:.2f}M | {flops} | {div} |")
     lines += paired_table(rows, by_row, lambda x: x.get("val_loss"),
                           "Paired val-loss differences (row minus its reference on the same "
@@ -263,6 +278,16 @@ def report_text(out: str, config: str, rows: list, results: list, base=None,
             lambda t: f"Paired {t} generation-accuracy differences (row minus its reference on "
             "the same seed; positive = row better, so 'lower on' counts seeds where it is "
             "worse):", digits=3)
+    image_names = [k for k in ("fid_proxy", "class_accuracy")
+                   if any(k in (x.get("image_eval") or {}) for x in results)]
+    if image_names:  # diffusion runs (reproduce.image_eval)
+        lines += metric_tables(
+            rows, by_row, image_names, lambda x, k: (x.get("image_eval") or {}).get(k),
+            "Samples scored by the in-repo digit classifier (FID-proxy: Frechet distance of its "
+            "128-d features to the train images', lower is better, NOT comparable to ImageNet "
+            "FID; class accuracy of the conditioned label; mean ± std, n):",
+            lambda k: f"Paired {k} differences (row minus its reference on the same seed):",
+            digits=3)
     val_names = sorted({k for x in results for k in (x.get("val_metrics") or {})},
                        key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])
                                       if k.rsplit("/", 1)[-1].isdigit() else -1))

@@ -50,6 +50,11 @@ def test_smoke_row_runs_through_reproduce(tmp_path):
     assert ev["n"] == 20 and np.isfinite(ev["fid_proxy"]) and 0 <= ev["class_accuracy"] <= 1
     assert os.path.exists(tmp_path / "samples.png")
     assert "moe/tau" in res["val_metrics"]
+    from experiments.reproduce import report_text
+    text = report_text(str(tmp_path / "out"), "configs/papers/race_dit.py:smoke",
+                       race_dit.get_sweep("smoke"), [res], base=race_dit.get_config("smoke"),
+                       plots=False)
+    assert "| expert_race | fid_proxy" not in text and "| fid_proxy | class_accuracy |" in text
 
 
 def test_unknown_variant_is_a_clear_error():
