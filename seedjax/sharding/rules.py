@@ -5,7 +5,8 @@ dimension are dropped for that array (so tiny test models run on any mesh).
 Presets:
 * ``dp``:       data parallel only.
 * ``fsdp``:     batch over (data, fsdp); parameters sharded along "embed" over fsdp.
-* ``fsdp_tp``:  fsdp + tensor parallel over "model" (heads, mlp, vocab) - the default.
+* ``fsdp_tp``:  fsdp + tensor parallel over "model" (heads, mlp, vocab, the DiT's fused qkv)
+  - the default.
 * ``fsdp_tp_mem``: fsdp_tp + memory tables' and over-encoding n-gram tables' rows over "mem" and
   experts over "expert".
 """
@@ -25,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dp": {"batch": ("data", "fsdp")},
     "fsdp": {**_BATCH, "embed": "fsdp"},
     "fsdp_tp": {**_BATCH, "embed": "fsdp", "heads": "model", "kv_heads": "model",
-                "mlp": "model", "vocab": "model"},
+                "mlp": "model", "vocab": "model", "qkv": "model"},
 }
 PRESETS["fsdp_tp_mem"] = {**PRESETS["fsdp_tp"], "mem_rows": "mem", "ngram_rows": "mem",
                           "expert": "expert"}

@@ -133,8 +133,8 @@ def test_ddpm_schedule_and_ddim_sampler_runs():
                       sampler="euler")
 
 
-def _train(n_steps, mesh_shape):
-    cfg = _cfg(ffn="moe", moe_kwargs=RACE, n_layers=1)
+def _train(n_steps, mesh_shape, **moe_kw):
+    cfg = _cfg(ffn="moe", moe_kwargs={**RACE, **moe_kw}, n_layers=1)
     model_fn = lambda: DiT(cfg, rngs=nnx.Rngs(0))
     mdef = model_def(abstract_model(model_fn))
     model = model_fn()
@@ -172,6 +172,20 @@ def test_threshold_trains_and_is_identical_on_every_data_parallel_rank():
         np.testing.assert_allclose(np.asarray(tau), np.asarray(tau1), rtol=1e-5)
         assert float(tau1) != 1.0   # moved from its init by the EMA
     np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-4)
+
+
+def test_expert_parallel_training_step_equals_unsharded():
+    """Experts split 4 ways over the "expert" axis (shard_map inside the jitted step), batch over
+    "data": same loss, parameters and threshold as one device."""
+    single, m1 = _train(1, None, expert_axis="expert")
+    sharded, m8 = _train(1, {"data": 2, "expert": 4}, expert_axis="expert")
+    np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(jax.device_get(single["params"])),
+                    jax.tree.leaves(jax.device_get(sharded["params"]))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(sharded["model_state"]["blocks"][0]["ffn"]["threshold"]["tau"]),
+        np.asarray(single["model_state"]["blocks"][0]["ffn"]["threshold"]["tau"]), rtol=1e-6)
 
 
 def test_threshold_update_is_the_ema_of_the_kth_score():

@@ -67,6 +67,10 @@ class DiTMoEConfig:
       trunk: the router's Linear(d, d) + GELU trunk (False: logits straight from h, no PLR).
       dispatch: ``pair_experts.DISPATCHES``; pair_capacity >= 1: bound of the variable-size
         selections (module doc); block_size: rows per block of "blocked".
+      expert_axis: None or a mesh axis (e.g. "expert"): under a mesh where it has size > 1 the
+        experts run expert-parallel inside ``shard_map`` (``pair_experts``), each device
+        computing its E / n experts' pairs; use the ``fsdp_tp_mem`` rules so the expert weights
+        are stored sharded the same way.
     """
 
     d_model: int
@@ -91,6 +95,7 @@ class DiTMoEConfig:
     dispatch: str = "blocked"
     pair_capacity: float = 2.0
     block_size: int = 128
+    expert_axis: str | None = None
 
     def __post_init__(self):
         for name in ("d_model", "target_dim", "split", "block_size"):
@@ -187,7 +192,8 @@ class DiTMoE(nnx.Module):
                           if c.uses_threshold else None)
         self.experts = PairExperts(PairExpertsConfig(
             d_model=d, n_experts=c.n_experts, hidden_dim=c.expert_hidden, kind="gelu_mlp",
-            dispatch=c.dispatch, block_size=c.block_size), dtype=dtype, rngs=rngs)
+            dispatch=c.dispatch, block_size=c.block_size, expert_axis=c.expert_axis),
+            dtype=dtype, rngs=rngs)
 
     def __call__(self, h: jax.Array, *, race_axis: Any = None, t: jax.Array | None = None
                  ) -> FFNOut:
