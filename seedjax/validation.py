@@ -20,3 +20,18 @@ def check_choice(field: str, value: Any, allowed: tuple) -> Any:
     if value not in allowed:
         raise ValueError(f"{field}={value!r} is not allowed; allowed: {allowed}")
     return value
+
+
+def dataclass_from_dict(cls, d, where: str, **fixed):
+    """``cls(**d, **fixed)`` for a dataclass ``cls`` and a mapping (or ConfigDict) ``d``; a key
+    that is not a field (or is one of ``fixed``) raises ValueError naming ``where.<key>`` and
+    the allowed fields."""
+    import dataclasses
+
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    fields = {f.name for f in dataclasses.fields(cls)} - set(fixed)
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {[f'{where}.{u}' for u in unknown]}; "
+                         f"allowed: {sorted(fields) or 'none'}")
+    return cls(**d, **fixed)

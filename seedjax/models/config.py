@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from seedjax.validation import dataclass_from_dict
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -113,13 +115,7 @@ class LMConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LMConfig":
         """Builds from a (ConfigDict-like) mapping; unknown keys raise ValueError."""
-        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown model config field(s) {['model.' + u for u in unknown]}; "
-                             f"allowed: {sorted(fields)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "model")
 
     def replace(self, **kw) -> "LMConfig":
         return dataclasses.replace(self, **kw)

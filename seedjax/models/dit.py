@@ -31,7 +31,7 @@ from flax import nnx
 from seedjax.models.config import DTYPES
 from seedjax.nn.dit import (MLP, ClassEmbed, DiTBlock, FinalLayer, Dense, TimestepEmbed,
                             check_patch, patchify, sincos_2d, unpatchify)
-from seedjax.validation import check_choice, check_int
+from seedjax.validation import check_choice, check_int, dataclass_from_dict
 
 FFNS = ("mlp", "moe")
 
@@ -80,13 +80,7 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DiTConfig":
-        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown model config field(s) {['model.' + u for u in unknown]}; "
-                             f"allowed: {sorted(fields)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "model")
 
     @property
     def tokens(self) -> int:

@@ -116,7 +116,7 @@ def test_errors_name_the_field():
         CFG.replace(dtype="float8")
     with pytest.raises(ValueError, match="model.ffn_kwargs"):
         LM(CFG.replace(ffn_kwargs={"bogus": 1}), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="unknown model config field"):
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['model\.d_modle'\]"):
         LMConfig.from_dict({"d_modle": 3})
     model = LM(CFG, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="max_seq_len"):

@@ -49,7 +49,7 @@ from seedjax.nn.moe.pair_experts import (DISPATCHES, PairExperts, PairExpertsCon
 from seedjax.nn.moe.racing import RaceThreshold
 from seedjax.nn.moe.routing_rules import RoutingConfig, route
 from seedjax.nn.moe.routing_stats import expert_load, router_similarity_loss, routing_stats
-from seedjax.validation import check_choice, check_int
+from seedjax.validation import check_choice, check_int, dataclass_from_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +127,7 @@ class DiTMoEConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **fixed) -> "DiTMoEConfig":
-        d = dict(d)
-        names = {f.name for f in dataclasses.fields(cls)} - set(fixed)
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown model.moe_kwargs field(s) {unknown}; allowed: "
-                             f"{sorted(names)}")
-        return cls(**d, **fixed)
+        return dataclass_from_dict(cls, d, "model.moe_kwargs", **fixed)
 
     @property
     def routing(self) -> RoutingConfig:
