@@ -18,12 +18,29 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _git(*args: str) -> str:
+def _git(*args: str, strip: bool = True) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return ""
+    return out.strip() if strip else out
+
+
+OUTPUT_DIRS = ("results/",)   # what reproductions write: not code the run used
+
+
+def dirty_files() -> list[str]:
+    """Tracked files with uncommitted changes, outside OUTPUT_DIRS (porcelain lines are
+    'XY path'; the status columns may start with a space, so the output is not stripped)."""
+    return paths_from_porcelain(_git("status", "--porcelain", "--untracked-files=no",
+                                     strip=False))
+
+
+def paths_from_porcelain(text: str) -> list[str]:
+    """Paths of ``git status --porcelain`` output (renames: the new path), minus OUTPUT_DIRS."""
+    paths = [ln[3:].split(" -> ")[-1] for ln in text.splitlines() if len(ln) > 3]
+    return [p for p in paths if not p.startswith(OUTPUT_DIRS)]
 
 
 def package_versions() -> dict:
@@ -42,13 +59,20 @@ def machine() -> str:
 def current(argv: list[str], config: str) -> dict:
     """Provenance of runs started now by ``python -m experiments.reproduce <argv[1:]>``.
 
-    dirty_files: tracked files with uncommitted changes at start (the run used those edits)."""
-    dirty = [ln[3:] for ln in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    return {"commit": _git("rev-parse", "HEAD") or "unknown", "dirty_files": dirty,
+    dirty_files: tracked files with uncommitted changes at start (the run used those edits),
+    except the reproductions' own outputs under ``results/``."""
+    return {"commit": _git("rev-parse", "HEAD") or "unknown", "dirty_files": dirty_files(),
             "versions": package_versions(),
             "command": shlex.join(["python", "-m", "experiments.reproduce", *argv[1:]]),
             "config": config, "machine": machine(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def code_edits(p: dict) -> list[str]:
+    """A provenance record's dirty files that are not reproduction outputs. Records written
+    before the porcelain fix lost the first character of the first path ("esults/...")."""
+    return [f for f in p.get("dirty_files") or []
+            if not (f.startswith(OUTPUT_DIRS) or ("r" + f).startswith(OUTPUT_DIRS))]
 
 
 def summary_lines(results: list) -> list[str]:
@@ -61,7 +85,7 @@ def summary_lines(results: list) -> list[str]:
         if not p:
             missing += 1
             continue
-        commit = p["commit"][:10] + (" (+uncommitted edits)" if p.get("dirty_files") else "")
+        commit = p["commit"][:10] + (" (+uncommitted edits)" if code_edits(p) else "")
         versions = ", ".join(f"{k} {v}" for k, v in p["versions"].items())
         for key, val in (("commit", commit), ("versions", versions), ("machine", p["machine"])):
             counts[key][val] = counts[key].get(val, 0) + 1

@@ -35,3 +35,9 @@ def test_commands_group_rows_by_seed_set_and_drop_rows_when_all_share_it():
     assert reproduce_commands("c.py", "out", rows, mixed) == [
         "python -m experiments.reproduce --config c.py --out out --rows a,c --seeds 0,1",
         "python -m experiments.reproduce --config c.py --out out --rows b --seeds 0"]
+
+
+def test_dirty_paths_keep_their_first_character_and_skip_results():
+    from experiments.provenance import paths_from_porcelain
+    text = " M results/over_tokenized/table.md\n M README.md\nM  seedjax/a.py\nR  old.py -> new.py\n"
+    assert paths_from_porcelain(text) == ["README.md", "seedjax/a.py", "new.py"]
