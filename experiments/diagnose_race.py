@@ -197,7 +197,7 @@ def markdown(runs: list[dict], levels: np.ndarray, command: str, origin: dict,
              run_files: list) -> str:
     from experiments import provenance
     from seedjax.eval.routing_maps import summary_rows
-    dirty = " (+uncommitted edits)" if origin.get("dirty_files") else ""
+    dirty = " (+uncommitted edits)" if provenance.code_edits(origin) else ""
     lines = ["# Race-DiT routing diagnostics\n", f"Command: `{command}`\n",
              f"Commit: {origin['commit'][:10]}{dirty}; machine: {origin['machine']}.\n",
              "Time: s = 0 pure noise, s = 1 clean data (the paper's low timestep index, fine "
@@ -212,7 +212,7 @@ def markdown(runs: list[dict], levels: np.ndarray, command: str, origin: dict,
     rows = []
     for r, f in zip(runs, run_files):
         p = (f or {}).get("provenance") or {}
-        trained = (p["commit"][:10] + (" (+edits)" if p.get("dirty_files") else "")
+        trained = (p["commit"][:10] + (" (+edits)" if provenance.code_edits(p) else "")
                    if p else "no provenance record")
         rows.append([r["name"], f"`{r['workdir']}`", r["step"], r["params_used"],
                      f"{r['router']}/{r['gating']}", f"{r['k']}-in-{r['n_experts']}",
