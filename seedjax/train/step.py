@@ -11,7 +11,9 @@ Train state keys beyond step/params/opt_state/rng (``seedjax.train.state``):
 * ``model_state``: the model's non-trainable statistics (e.g. the Expert Race threshold),
   updated by the forward pass in training mode; with accumulation the micro-batches update it
   in order, as consecutive steps would.
-* ``ema``: params EMA, ``ema <- d ema + (1 - d) params`` after each update (``ema_decay`` d).
+* ``ema``: params EMA, ``ema <- d_n ema + (1 - d_n) params`` after update n = 1, 2, ... with
+  d_n = min(ema_decay, (1 + n) / (10 + n)) (the usual warm-up: a fixed 0.999 would still hold
+  45% of the initial weights after 800 steps).
 Objectives with ``uses_rng = True`` get ``rng=`` a key folded from ``state["rng"]``, the step
 and the micro-batch index (fresh noise every step, identical after a resume).
 """
@@ -90,11 +92,18 @@ def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation,
         if mstate is not None:
             new_state["model_state"] = mstate
         if ema_decay > 0:
-            new_state["ema"] = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+            d = ema_warmup_decay(ema_decay, new_state["step"])
+            new_state["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p,
                                             state["ema"], new_params)
         return new_state, metrics
 
     return step
+
+
+def ema_warmup_decay(decay: float, n: jax.Array) -> jax.Array:
+    """d_n = min(decay, (1 + n) / (10 + n)) for update n >= 1 (float32 scalar)."""
+    n = jnp.asarray(n, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
 
 
 def _metric_shapes(grad_fn, params, mstate, micro, step, key):

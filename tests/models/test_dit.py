@@ -221,3 +221,26 @@ def test_moe_flops_match_the_dense_model_at_k_equal_split():
     moe = forward_flops_per_image(_cfg(ffn="moe", moe_kwargs={**RACE, "plr": False,
                                                                "trunk": False}))
     assert moe["moe_experts"] == dense["ffn"]  # k = s: one dense MLP per token on average
+
+
+def test_params_ema_warms_up_then_follows_the_decay():
+    """ema <- d_n ema + (1 - d_n) params with d_n = min(decay, (1 + n) / (10 + n)): after the
+    first update the EMA is 0.2 init + 0.8 params, and late updates use the configured decay."""
+    from seedjax.train.step import ema_warmup_decay
+    assert float(ema_warmup_decay(0.999, 1)) == pytest.approx(2 / 11)
+    assert float(ema_warmup_decay(0.999, 100_000)) == pytest.approx(0.999)
+    model = DiT(_cfg(n_layers=1), rngs=nnx.Rngs(0))
+    mdef = model_def(abstract_model(lambda: DiT(_cfg(n_layers=1), rngs=nnx.Rngs(0))))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tx = optax.sgd(0.1)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.key_data(jax.random.key(0)), "ema": params}
+    step = jax.jit(make_train_step(mdef, tx, optax.constant_schedule(0.1),
+                                   objective=DiffusionObjective(), ema_decay=0.999))
+    rng = np.random.default_rng(0)
+    new, _ = step(state, {"images": rng.normal(size=(4, 8, 8, 1)).astype(np.float32),
+                          "labels": np.arange(4, dtype=np.int32)})
+    d = 2 / 11
+    for e, p0, p1 in zip(jax.tree.leaves(new["ema"]), jax.tree.leaves(params),
+                         jax.tree.leaves(new["params"])):
+        np.testing.assert_allclose(e, d * p0 + (1 - d) * p1, rtol=1e-5, atol=1e-7)
