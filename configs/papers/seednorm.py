@@ -11,14 +11,53 @@ seednorm_4heads,seednorm_alpha0.1,seednorm_hardtanh
   python -m experiments.diagnose_norms --out results/seednorm/diagnostics \
       --workdirs runs/reproduce/seednorm_cpu/{seednorm,seednorm_lr1e-3,seednorm_alpha0.1,seednorm_dot_dim}/s0 \
       --names seednorm,lr1e-3,alpha0.1,dot_dim
+
+Paper-scale variants: the LM sizes of the SeeDNorm table with SeeDNorm in place of every
+RMSNorm (the 2L + 1 block and final norms; whether the QK-norm is replaced is not stated [GAP],
+ours keeps it): ``paper_olmoe1.3b`` (over_tokenized.py's inferred OLMoE-1.3B [I]),
+``paper_olmoe7b`` (OLMoE-1B-7B, hyper_connections.py) and ``paper_olmo2_1b`` (OLMo2-1B [I]:
+OLMo-1B's shape with OLMo2's 100,278-token vocabulary padded to 100,352, untied, QK-norm, RoPE
+theta 5e5; OLMo2's norm-after-sublayer order is not built, pre-norm has the same parameters).
+The SeeDNorm paper gives no parameter counts (its text is secondary-only); ``PAPER_PARAMS``
+holds the same models' counts from the other specs (SeeDNorm adds 2D per norm, <= 0.01%):
+OLMoE-1.3B as over_tokenized.py, OLMoE-7B as HC Table 7 / Table 8, OLMo2-1B from FC Table 2's
+forward FLOPs 2.5587 G / 2 (body + head) [I].
 """
 from configs.papers.common import base_config, row
+from configs.papers.hyper_connections import (PAPER_PARAMS as HC_PARAMS, check_paper_variant,
+                                              olmo_model, olmoe_model, paper_lm_config)
+from configs.papers.over_tokenized import PAPER_PARAMS as OT_PARAMS
+from configs.papers.over_tokenized import olmoe_1p3b_model
 
 # SeeDNorm's LM table row used for our comparison (OLMoE-1.3B, 500B tokens, total params)
 PAPER_SCALE = {"what": "OLMoE-1.3B", "params": 1.3e9, "tokens": 500e9}
 
 
+OLMO2_VOCAB = 100_352
+PAPER_PARAMS = {
+    "paper_olmoe1.3b": dict(OT_PARAMS["paper_olmoe1.3b"], source="as over_tokenized.py"),
+    "paper_olmoe7b": dict(HC_PARAMS["paper_olmoe1b7b_baseline"]),
+    "paper_olmo2_1b": {"total": 2.5587e9 / 2, "activated": 2.5587e9 / 2,
+                       "convention": "with_head", "source": "FC Table 2 FLOPs / 2 [I]"},
+}
+
+
+def paper_model(variant: str) -> dict:
+    check_paper_variant(variant, tuple(PAPER_PARAMS), "configs/papers/seednorm.py")
+    seed = dict(norm="seednorm", norm_kwargs={})
+    if variant == "paper_olmoe1.3b":
+        return olmoe_1p3b_model(**seed)
+    if variant == "paper_olmoe7b":
+        return olmoe_model(**seed)
+    return dict(olmo_model(vocab=OLMO2_VOCAB, tied=False, qk_norm=True, rope_theta=500_000.0,
+                           **seed), max_seq_len=4096)
+
+
 def get_config(variant=None):
+    if variant and variant.startswith("paper_"):
+        model = paper_model(variant)
+        return paper_lm_config(f"seednorm_{variant}", model, lr=4e-4,
+                               seq_len=model["max_seq_len"])
     return base_config(variant, "seednorm")
 
 
