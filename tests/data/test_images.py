@@ -51,3 +51,28 @@ def test_npz_source_and_errors(tmp_path):
         load_images("cifar")
     with pytest.raises(ValueError, match="fewer than one batch"):
         ImageData(source=str(p), batch_size=8, seed=0)
+
+
+def test_fashion_mnist_reads_debian_idx_files(tmp_path, monkeypatch):
+    """The four idx-ubyte(.gz) files as Debian's fashion-mnist package installs them."""
+    import gzip
+    import struct
+
+    import seedjax.data.images as images
+
+    def idx(path, arr):
+        head = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+        with gzip.open(path, "wb") as f:
+            f.write(head + arr.astype(np.uint8).tobytes())
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("t10k", 10)):
+        idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    monkeypatch.setattr(images, "FASHION_MNIST_DIRS", (str(tmp_path),))
+    x, y = load_images("fashion_mnist")
+    assert x.shape == (40, 28, 28, 1) and -1 <= x.min() and x.max() <= 1
+    np.testing.assert_array_equal(y[:10], np.arange(10))
+    monkeypatch.setattr(images, "FASHION_MNIST_DIRS", (str(tmp_path / "none"),))
+    with pytest.raises(ValueError, match="needs Debian's fashion-mnist files"):
+        load_images("fashion_mnist")
