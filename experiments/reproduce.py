@@ -291,7 +291,7 @@ def report_text(out: str, config: str, rows: list, results: list, base=None,
             digits=3)
     val_names = sorted({k for x in results for k in (x.get("val_metrics") or {})},
                        key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])
-                                      if k.rsplit("/", 1)[-1].isdigit() else -1))
+                                      if k.rsplit("/", 1)[-1].isdigit() else -1, k))
     if val_names:  # e.g. a looped model's per-loop CE and exit statistics
         lines += metric_tables(
             rows, by_row, val_names, lambda x, k: (x.get("val_metrics") or {}).get(k),
