@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from seedjax.nn.dit import patchify
-from seedjax.validation import check_choice
+from seedjax.validation import check_choice, dataclass_from_dict
 
 DIFFUSION_OBJECTIVES = ("flow", "ddpm")
 T_SAMPLINGS = ("uniform", "logit_normal")
@@ -172,10 +172,5 @@ def diffusion_report(sums: dict) -> dict:
 
 
 def make_diffusion_objective(name: str, kwargs: dict | None = None) -> DiffusionObjective:
-    kwargs = dict(kwargs or {})
-    fields = {f.name for f in dataclasses.fields(DiffusionObjective)} - {"kind"}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise ValueError(f"train.objective_kwargs {unknown} not accepted by objective {name!r}; "
-                         f"allowed: {sorted(fields)}")
-    return DiffusionObjective(kind=name, **kwargs)
+    return dataclass_from_dict(DiffusionObjective, kwargs or {}, "train.objective_kwargs",
+                               kind=name)

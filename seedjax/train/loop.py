@@ -19,9 +19,7 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from seedjax.nn.partitioning import activation_rules
@@ -34,8 +32,8 @@ from seedjax.train.hardware import peak_flops_per_device
 from seedjax.train.hooks import Hook
 from seedjax.train.metrics import MetricWriter, plot_loss_curve
 from seedjax.train.optim import make_optimizer, trainable_of
-from seedjax.train.state import (abstract_model, count_params, model_def, param_labels,
-                                 param_shapes, state_shardings)
+from seedjax.train.state import (abstract_model, count_params, fresh_state, model_def,
+                                 param_labels, param_shapes, state_shardings)
 from seedjax.train.step import make_eval_step, make_train_step
 from seedjax.train.tasks import make_task
 
@@ -163,16 +161,8 @@ class Trainer:
         return state["params"]
 
     def _fresh_state(self):
-        model = self.model_fn()
-        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        state = {"step": jnp.zeros((), jnp.int32), "params": params,
-                 "opt_state": self.tx.init(params),
-                 "rng": jax.random.key_data(jax.random.key(int(self.config.train.seed)))}
-        if self.mdef.has_model_state:
-            state["model_state"] = self.mdef.model_state_of(model)
-        if self.ema_decay > 0:
-            state["ema"] = jax.tree.map(jnp.copy, params)
-        return state
+        return fresh_state(self.model_fn(), self.mdef, self.tx, int(self.config.train.seed),
+                           self.ema_decay > 0)
 
     def eval_params(self, state: dict | None = None) -> dict:
         """The params evaluation and sampling use: the EMA when the run keeps one."""

@@ -30,7 +30,7 @@ from flax import nnx
 
 from seedjax.train.checkpoint import Checkpointer
 from seedjax.train.optim import make_optimizer
-from seedjax.train.state import (ModelDef, abstract_model, model_def, param_labels,
+from seedjax.train.state import (ModelDef, abstract_model, fresh_state, model_def, param_labels,
                                  param_shapes)
 from seedjax.train.tasks import task_name
 
@@ -108,16 +108,7 @@ def _restore(workdir: str, step: int | None) -> tuple[dict, ml_collections.Confi
         tx, _ = make_optimizer(config.train, *param_labels(abstract))
         ema = float(config.train.get("ema_decay", 0.0)) > 0
 
-        def fresh():  # the trainer's state layout (seedjax.train.loop.Trainer._fresh_state)
-            model = model_fn()
-            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-            state = {"step": jax.numpy.zeros((), "int32"), "params": params,
-                     "opt_state": tx.init(params), "rng": jax.random.key_data(jax.random.key(0))}
-            if mdef.has_model_state:
-                state["model_state"] = mdef.model_state_of(model)
-            if ema:
-                state["ema"] = params
-            return state
+        fresh = lambda: fresh_state(model_fn(), mdef, tx, 0, ema)  # the trainer's layout
 
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),

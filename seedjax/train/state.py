@@ -85,6 +85,20 @@ def param_shapes(abstract: nnx.Module) -> dict:
     return {"/".join(map(str, p)): list(v.get_value().shape) for p, v in flat}
 
 
+def fresh_state(model: nnx.Module, mdef: ModelDef, tx, seed: int, ema: bool) -> dict:
+    """The train state of a freshly built ``model`` (the layout of the module docstring):
+    step 0, its params, ``tx``'s initial optimizer state, the rng of ``seed``, its model state
+    when it has any and a params EMA when ``ema``."""
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.key_data(jax.random.key(seed))}
+    if mdef.has_model_state:
+        state["model_state"] = mdef.model_state_of(model)
+    if ema:
+        state["ema"] = jax.tree.map(jnp.copy, params)
+    return state
+
+
 def init_params(model_fn: Callable[[], nnx.Module], shardings: dict | None = None) -> dict:
     """Initialises parameters directly into their shardings (no full copy on one device)."""
     def create():
