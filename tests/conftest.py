@@ -1,9 +1,15 @@
-"""Test setup: 8 fake CPU devices, set before jax is imported anywhere."""
+"""Test setup: 8 fake CPU devices, set before jax is imported anywhere.
+
+``SEEDJAX_TEST_PLATFORM=gpu`` (or ``tpu``) runs on that accelerator instead, without fake
+devices: for the hardware tier (``pytest -m hardware``, tier 4 of DESIGN.md's kernel evidence);
+most other tests assume the 8 CPU devices.
+"""
 import os
 
-os.environ["JAX_PLATFORMS"] = "cpu"
+_PLATFORM = os.environ.get("SEEDJAX_TEST_PLATFORM", "cpu")
+os.environ["JAX_PLATFORMS"] = _PLATFORM
 flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in flags:
+if _PLATFORM == "cpu" and "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
 import jax  # noqa: E402
