@@ -86,9 +86,12 @@ def test_page_commands_make_exactly_its_runs(page):
 
 def _cited_verdict(page: str, row: str, ref: str, task: str | None) -> str:
     """The rule's verdict on val loss, a task's accuracy (``[task]``) or a further validation
-    metric (``[val:exit_entropy]``: the run files' ``val_metrics``)."""
+    metric (``[val:exit_entropy]``: the run files' ``val_metrics``) or a sample score
+    (``[image:fid_proxy]``: the run files' ``image_eval``)."""
     if task and task.startswith("val:"):
         value = lambda x: (x.get("val_metrics") or {}).get(task[4:])  # noqa: E731
+    elif task and task.startswith("image:"):
+        value = lambda x: (x.get("image_eval") or {}).get(task[6:])  # noqa: E731
     else:
         value = (lambda x: task_metric(x, task)) if task else (lambda x: x.get("val_loss"))
     per_seed = {}
