@@ -17,7 +17,10 @@ from experiments.bench_common import median_time as _median_time
 from experiments.bench_common import write_result as _write
 
 
-MEMORY_MODELS = ("dense", "ultramem_v2", "ultramem", "moe")
+MEMORY_MODELS = ("dense", "ultramem_v2", "ultramem", "moe", "moe_gather")
+"""Arms: "moe" is ``MoEFFN`` with the "blocked_sliced" kernel (each block's expert weights read
+by a dynamic slice); "moe_gather" the same layer with the earlier "blocked" kernel (a [G, d, F]
+gather of expert weights per call), kept as the before-and-after of issue 23's fair MoE."""
 MEMORY_TOLERANCE = {"flops_rel": 0.05, "moe_params_rel": 0.05, "param_ratio_rel": 0.05}
 """Design tolerances (checked in the JSON's ``matching`` and by the test): activated FLOPs/token
 of each sparse layer within flops_rel of the dense FFN's; MoE total params within moe_params_rel
@@ -116,10 +119,14 @@ def design_memory_bench(d_model: int = 512, ffn_dim: int | None = None,
     for _ in range(10):      # fixed point of (E from params, F_e from FLOPs); converges in 2-3
         e = max(k, round(target / (d + 3 * d * fe)))
         fe = max(1, round((dense_flops - 2 * d * e) / (6 * k * d)))
-    moe = MoEConfig(d_model=d, n_experts=e, top_k=k, expert_dim=fe, load_balance_coef=0.0)
+    moe = MoEConfig(d_model=d, n_experts=e, top_k=k, expert_dim=fe, load_balance_coef=0.0,
+                    grouped_matmul="blocked_sliced")
+    gather = dataclasses.replace(moe, grouped_matmul="blocked")
     return {"dense": {"d_model": d, "ffn_dim": f}, "ultramem_v2": v2, "ultramem": v1, "moe": moe,
+            "moe_gather": gather,
             "params": {"dense": dense_params, "ultramem_v2": _params_v2(v2),
-                       "ultramem": _params_v1(v1), "moe": _params_moe(moe)}}
+                       "ultramem": _params_v1(v1), "moe": _params_moe(moe),
+                       "moe_gather": _params_moe(gather)}}
 
 
 def memory_cost_objects(design: dict) -> dict:
@@ -132,6 +139,7 @@ def memory_cost_objects(design: dict) -> dict:
     out["moe"] = (MoECost(m.d_model, m.n_experts, m.top_k, m.expert_dim, m.n_shared_experts,
                           m.shared_dim), "" if m.capacity_factor is None else
                   "capacity drops not modelled")
+    out["moe_gather"] = out["moe"]
     v2 = design["ultramem_v2"]
     bad = [s for s, ok in (("heads != 1", v2.heads == 1), ("expand != 1", v2.expand == 1),
                            ("sharing", v2.sharing == "none"), ("plain values", v2.values == "peer"),
@@ -154,8 +162,8 @@ def _touched(name, design, batch):
     """(expected distinct units touched per step under uniform routing, params per unit) of the
     sparse part of a layer: experts (MoE) or value rows (memory); (None, 0) for dense."""
     from seedjax.train.memory_cost import distinct_rows, expected_distinct_experts
-    if name == "moe":
-        m = design["moe"]
+    if name.startswith("moe"):
+        m = design[name]
         return expected_distinct_experts(m.n_experts, m.top_k, batch), 3 * m.d_model * m.expert_dim
     if name == "ultramem_v2":
         c = design["ultramem_v2"]
@@ -173,7 +181,7 @@ def moe_kernel_slices(moe, batch: int) -> int | None:
     distinct experts touched, because every expert's queue is padded to whole blocks. None for
     other kernels."""
     from seedjax.nn.moe.experts import block_rows
-    if moe.capacity_factor is not None or moe.grouped_matmul != "blocked":
+    if moe.capacity_factor is not None or moe.grouped_matmul not in ("blocked", "blocked_sliced"):
         return None
     a = batch * moe.top_k
     rows = block_rows(moe.block_size, a, moe.n_experts)
@@ -210,6 +218,7 @@ def _build_memory_models(design, dtype):
         "ultramem_v2": lambda: UltraMemV2(design["ultramem_v2"], dtype=dtype, rngs=nnx.Rngs(1)),
         "ultramem": lambda: UltraMem(design["ultramem"], dtype=dtype, rngs=nnx.Rngs(2)),
         "moe": lambda: MoEFFN(design["moe"], dtype=dtype, rngs=nnx.Rngs(3)),
+        "moe_gather": lambda: MoEFFN(design["moe_gather"], dtype=dtype, rngs=nnx.Rngs(3)),
     }
     out = {}
     for name, make in makers.items():
@@ -242,6 +251,8 @@ def _observed_touched(models, design, pools):
         for b in pools:
             out[(name, b)] = float(np.mean([np.unique(idx[i, :b]).size
                                             for i in range(idx.shape[0])]))
+    for b in pools:                 # the same router and weights: the same routing
+        out[("moe_gather", b)] = out[("moe", b)]
     return out
 
 
@@ -335,7 +346,7 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
             obs_bytes = None if nbytes is None or exp_u is None else \
                 nbytes + (obs_u - exp_u) * unit * bpp
             flops = info[name]["flops_per_token_module"] * b
-            slices = moe_kernel_slices(design["moe"], b) if name == "moe" else None
+            slices = moe_kernel_slices(design[name], b) if name.startswith("moe") else None
             rows.append({
                 "model": name, "batch": b, "time_s": float(np.median(t)),
                 "time_p10_s": float(np.percentile(t, 10)),
@@ -389,14 +400,14 @@ def _first(y):
 
 
 LABELS = {"dense": "dense SwiGLU", "ultramem_v2": "UltraMemV2", "ultramem": "UltraMem",
-          "moe": "MoE"}
+          "moe": "MoE", "moe_gather": "MoE (gathered blocks)"}
 
 
 def _shape_str(name, cfg):
     if name == "dense":
         return f"F={cfg['ffn_dim']}"
-    if name == "moe":
-        return f"E={cfg['n_experts']}, top-{cfg['top_k']}, F_e={cfg['expert_dim']}"
+    if name.startswith("moe"):
+        return f"{cfg['grouped_matmul']} kernel, E={cfg['n_experts']}, top-{cfg['top_k']}, F_e={cfg['expert_dim']}"
     s = (f"knum={cfg['n_keys']} (N={cfg['n_keys'] ** 2}), Dk={cfg['k_dim']}, Dv={cfg['v_dim']}, "
          f"H={cfg['heads']}, m={cfg['topk']}, r={cfg['rank']}, h_c={cfg['cores']}")
     if name == "ultramem_v2":
@@ -468,15 +479,17 @@ def _memory_markdown(r) -> list:
            "activations, the KV cache and the IVE permutation table (a constant)."]
     moe_rows = [x for x in r["rows"] if x["model"] == "moe" and x["moe_kernel_slices"]]
     if moe_rows:
-        md += ["", "MoE kernel: `MoEFFN`'s dropless 'blocked' kernel (the module default) gathers "
-               "one copy of an expert's [d, F_e] weights per block of rows and pads every "
-               "expert's queue to whole blocks, so per step it copies more expert weights than "
-               "the distinct experts touched (gathered slices / expected distinct experts, MB "
-               "of weights gathered): " + "; ".join(
+        md += ["", "MoE kernels: both arms use `MoEFFN`'s dropless block layout (every expert's "
+               "queue padded to whole blocks of rows), so per step they read one [d, F_e] "
+               "weight slice per block, more than the distinct experts touched (slices / "
+               "expected distinct experts, MB of weights read): " + "; ".join(
                    f"B={x['batch']}: {x['moe_kernel_slices']} / {x['touched_expected']:.1f}, "
                    f"{x['moe_kernel_bytes'] / 1e6:.1f} MB" for x in moe_rows)
-               + ". A grouped-GEMM kernel (GPU/TPU `ragged_dot`) reads each touched expert once; "
-               "on CPU `ragged_dot` lowers to a dense matmul over all experts."]
+               + ". 'MoE (gathered blocks)' (\"blocked\") copies those slices into a [G, d, F_e] "
+               "buffer with an XLA gather; 'MoE' (\"blocked_sliced\") reads each block's expert "
+               "by a dynamic slice in a loop over the blocks. A grouped-GEMM kernel (GPU/TPU "
+               "`ragged_dot`) reads each touched expert once; on CPU `ragged_dot` lowers to a "
+               "dense matmul over all experts."]
     return md
 
 

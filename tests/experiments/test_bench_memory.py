@@ -7,7 +7,7 @@ import pytest
 
 from experiments import bench
 
-MODELS = ("dense", "ultramem_v2", "ultramem", "moe")
+MODELS = ("dense", "ultramem_v2", "ultramem", "moe", "moe_gather")
 
 
 def _check_matching(params: dict, flops_vs_dense: dict, ratio: float = 11.0):

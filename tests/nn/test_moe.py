@@ -83,6 +83,7 @@ def _forward_and_grads(m, x, ct):
 DROPLESS = {
     # two shared experts of width 4, z-loss, 4-row blocks (several blocks per expert)
     "blocked": dict(n_shared_experts=2, shared_dim=4, z_loss_coef=1e-2, block_size=4),
+    "blocked_sliced": dict(grouped_matmul="blocked_sliced", block_size=4),
     "ragged_dot": dict(grouped_matmul="ragged_dot", router_score="sigmoid",
                        normalize_topk_weights=False, n_shared_experts=1),
     "capacity_huge": dict(capacity_factor=1e3, top_k=3),
@@ -92,7 +93,7 @@ DROPLESS = {
 @pytest.mark.parametrize("name", list(DROPLESS))
 def test_forward_and_gradients_equal_brute_force(name):
     """Output, aux losses, routing and every parameter's gradient equal the reference that runs
-    every expert on every token (float32, highest matmul precision), for both dropless kernels
+    every expert on every token (float32, highest matmul precision), for the dropless kernels
     and for capacity mode with a capacity that drops nothing."""
     c = dataclasses.replace(SMALL, **DROPLESS[name])
     m = MoEFFN(c, rngs=nnx.Rngs(0))

@@ -124,7 +124,8 @@ def _run_module(m, x, pairs, ct):
 
 
 @pytest.mark.parametrize("kind", ["gelu_mlp", "swiglu"])
-@pytest.mark.parametrize("dispatch", ["blocked", "ragged_dot", "dense_masked"])
+@pytest.mark.parametrize("dispatch", ["blocked", "blocked_sliced", "ragged_dot",
+                                      "dense_masked"])
 def test_dispatch_equals_reference_outputs_and_gradients(cases, kind, dispatch):
     """For each routing case: y, dy/dx, dy/d(pair weights) and every parameter's gradient ==
     the reference (all experts on all tokens, one-hot combine); padding pairs get zero weight
@@ -296,7 +297,7 @@ def test_errors_name_the_field():
     with pytest.raises(ValueError, match=r"PairExpertsConfig.kind='relu'.*'gelu_mlp', 'swiglu'"):
         PairExpertsConfig(D, E, F, kind="relu")
     with pytest.raises(ValueError, match=r"PairExpertsConfig.dispatch='megablox'.*"
-                                         r"'blocked', 'ragged_dot', 'dense_masked'"):
+                                         r"'blocked', 'blocked_sliced', 'ragged_dot', 'dense_masked'"):
         PairExpertsConfig(D, E, F, dispatch="megablox")
     with pytest.raises(ValueError, match="PairExpertsConfig.use_bias=True is for kind"):
         PairExpertsConfig(D, E, F, kind="swiglu", use_bias=True)

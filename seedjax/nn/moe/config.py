@@ -12,7 +12,7 @@ import math
 from seedjax.validation import check_choice, check_int
 
 ROUTER_SCORES = ("softmax", "sigmoid")
-GROUPED_MATMULS = ("blocked", "ragged_dot")
+GROUPED_MATMULS = ("blocked", "blocked_sliced", "ragged_dot")
 
 
 def _is_number(value) -> bool:
@@ -46,8 +46,10 @@ class MoEConfig:
       z_loss_coef: weight of the router z-loss mean_t logsumexp(logits_t)^2 (0 disables it).
       capacity_factor: None = dropless; c > 0 gives each expert capacity
         min(T, ceil(c T k / E)) for T tokens per call (c < 1 always drops).
-      grouped_matmul: dropless kernel, "blocked" (CPU-friendly) | "ragged_dot"
-        (``jax.lax.ragged_dot``; a native grouped GEMM on TPU/GPU, dense on CPU).
+      grouped_matmul: dropless kernel, "blocked" (CPU-friendly; gathers each block's expert
+        weights) | "blocked_sliced" (the same blocks, a loop reading each block's expert by
+        a dynamic slice: no gathered weight copy; faster at decode, see experts.py) |
+        "ragged_dot" (``jax.lax.ragged_dot``; a native grouped GEMM on TPU/GPU, dense on CPU).
       block_size: rows per block of the "blocked" kernel (shrunk to the next power of two
         >= T k / E when experts get fewer rows on average).
       router_init_std / expert_init_std / out_init_std: None -> d_model**-0.5 (router and

@@ -20,6 +20,11 @@ row ``assign_row[t, j]`` back for every kept assignment. Three layouts:
   with the E group sizes (a grouped GEMM on TPU/GPU). On CPU with jax 0.10.2 it is correct,
   gradient included, but XLA lowers it to a dense masked matmul over all E experts with an
   [A, E d] operand, hence "blocked" is the default.
+* "blocked_sliced" (dropless): the "blocked" layout, but each block reads its expert's
+  weights by a dynamic slice inside a loop over the G blocks (``_block_matmul_sliced``)
+  instead of a [G, d, F] gather. XLA:CPU gathers large slices at about 1 GB/s, which is what
+  made the "blocked" MoE 13-19x its roofline at decode (issue 23); a dynamic slice is a
+  memcpy. The backward pass is a second loop that accumulates d_w in place.
 * capacity C (``capacity_factor``): rows [E, C]; expert e takes the first C entries of its
   queue, later ones are dropped (kept = False: zero contribution, no renormalisation of the
   token's remaining weights). All E C slots are computed; no weight gather.
@@ -186,12 +191,48 @@ def _block_matmul(rows: jax.Array, w: jax.Array, block_expert: jax.Array) -> jax
     return jnp.einsum("gbi,gio->gbo", rows, w[block_expert])
 
 
+def _expert_slice(w: jax.Array, e: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_index_in_dim(w, e, keepdims=False)
+
+
+@jax.custom_vjp
+def _block_matmul_sliced(rows: jax.Array, w: jax.Array, block_expert: jax.Array) -> jax.Array:
+    """``_block_matmul`` as a loop over the G blocks that reads w[block_expert[g]] [i, o] with a
+    dynamic slice: no [G, i, o] gathered copy (XLA:CPU gathers large slices at ~1 GB/s, a
+    dynamic slice is a memcpy). Backward: a second loop giving d_rows and accumulating d_w in
+    place per block (d_w [E, i, o] is the only weight-sized buffer)."""
+    return jax.lax.map(lambda a: a[0] @ _expert_slice(w, a[1]), (rows, block_expert))
+
+
+def _block_matmul_sliced_fwd(rows, w, block_expert):
+    return _block_matmul_sliced(rows, w, block_expert), (rows, w, block_expert)
+
+
+def _block_matmul_sliced_bwd(res, dy):
+    rows, w, block_expert = res
+
+    def body(dw, a):
+        r, g, e = a
+        we = _expert_slice(w, e)
+        dwe = _expert_slice(dw, e) + (r.T @ g).astype(dw.dtype)
+        return jax.lax.dynamic_update_index_in_dim(dw, dwe, e, 0), (g @ we.T).astype(r.dtype)
+
+    dw, drows = jax.lax.scan(body, jnp.zeros_like(w), (rows, dy.astype(rows.dtype), block_expert))
+    return drows, dw, None
+
+
+_block_matmul_sliced.defvjp(_block_matmul_sliced_fwd, _block_matmul_sliced_bwd)
+
+
 # ---- grouped linear maps: lin(rows, w [E, i, o], bias [E, o] | None) in a layout's row shape ----
 
-def blocked_linear(block_expert: jax.Array) -> Callable:
-    """rows [G, b, i] -> rows @ w[block_expert] (+ bias[block_expert]) [G, b, o]."""
+def blocked_linear(block_expert: jax.Array, sliced: bool = False) -> Callable:
+    """rows [G, b, i] -> rows @ w[block_expert] (+ bias[block_expert]) [G, b, o]; ``sliced``:
+    the loop over blocks with dynamic slices (``_block_matmul_sliced``) instead of a gather."""
+    matmul = _block_matmul_sliced if sliced else _block_matmul
+
     def lin(a, w, b=None):
-        y = _block_matmul(a, w, block_expert)
+        y = matmul(a, w, block_expert)
         return y if b is None else y + b[block_expert][:, None, :]
     return lin
 
@@ -220,12 +261,13 @@ def stacked_linear(a: jax.Array, w: jax.Array, b: jax.Array | None = None) -> ja
 
 
 def apply_rows(ffn: Callable, rows: jax.Array, mode: str, groups: jax.Array) -> jax.Array:
-    """``ffn(rows, lin)`` on a layout's rows [R, d] -> [R, d_out]; ``mode`` "blocked"
-    (groups: expert per block), "ragged_dot" (groups: sizes [E]) or "capacity" ([E] rows
+    """``ffn(rows, lin)`` on a layout's rows [R, d] -> [R, d_out]; ``mode`` "blocked" or
+    "blocked_sliced" (groups: expert per block), "ragged_dot" (groups: sizes [E]) or "capacity" ([E] rows
     each, groups: arange(E))."""
     if mode == "ragged_dot":
         return ffn(rows, ragged_linear(groups))
-    lin = stacked_linear if mode == "capacity" else blocked_linear(groups)
+    lin = (stacked_linear if mode == "capacity"
+           else blocked_linear(groups, sliced=mode == "blocked_sliced"))
     n, d = rows.shape
     return ffn(rows.reshape(groups.shape[0], -1, d), lin).reshape(n, -1)
 

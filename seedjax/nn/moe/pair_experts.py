@@ -73,7 +73,7 @@ from seedjax.ops.token_shards import active_mesh
 from seedjax.validation import check_choice, check_int
 
 KINDS = ("gelu_mlp", "swiglu")
-DISPATCHES = ("blocked", "ragged_dot", "dense_masked")
+DISPATCHES = ("blocked", "blocked_sliced", "ragged_dot", "dense_masked")
 _PARAMS = {"gelu_mlp": ("w1", "b1", "w2", "b2"), "swiglu": ("w_gate", "w_up", "w_down")}
 
 
@@ -90,7 +90,8 @@ class PairExpertsConfig:
       d_model: d, input and output width. n_experts: E >= 1. hidden_dim: F, each expert's
         hidden width (Race-DiT: 4 d / s for hidden split s).
       kind: one of KINDS ("gelu_mlp" | "swiglu").
-      dispatch: one of DISPATCHES ("blocked" | "ragged_dot" | "dense_masked").
+      dispatch: one of DISPATCHES ("blocked" | "blocked_sliced" | "ragged_dot" |
+        "dense_masked"; see ``experts.py`` for the first three).
       use_bias: gelu_mlp's b1, b2; None -> True for gelu_mlp (swiglu has no biases).
       capacity_factor: c >= 1, the static pair bound P = min(T E, ceil(c T k)) of ``select``.
       block_size: rows per block of "blocked" (shrunk to a power of two >= P / E).
@@ -171,7 +172,8 @@ def pairs_to_dense(pairs: Pairs, n_tokens: int, n_experts: int) -> jax.Array:
 
 
 def pair_layout(pairs: Pairs, n_experts: int, dispatch: str, block_size: int) -> ex.Layout:
-    """Rows of the ``dispatch`` layout ("blocked" | "ragged_dot") for expert-sorted pairs;
+    """Rows of the ``dispatch`` layout ("blocked" / "blocked_sliced" | "ragged_dot") for
+    expert-sorted pairs;
     assign_row / assign_kept are per pair [P]."""
     n = pairs.token.shape[0]
     if dispatch == "ragged_dot":
