@@ -50,7 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         objective_kwargs=dict(t_sampling="uniform", class_dropout=0.1, plr_weight=0.01),
         ema_decay=0.999, debug_kill_at_step=-1))
     c.mesh = ml_collections.ConfigDict(dict(
-        shape=dict(data=-1, fsdp=1, model=1, expert=1, mem=1), rules="fsdp_tp"))
+        shape=dict(data=-1, fsdp=1, model=1, expert=1, mem=1), rules="fsdp_tp",
+        # True: a parameter dimension its mesh axes do not divide is a ValueError (default:
+        # that dimension is replicated, so tiny models run on any mesh)
+        strict_sharding=False))
     c.sample = ml_collections.ConfigDict(dict(per_class=8, steps=32, sampler="euler",
                                               cfg_scale=2.0, seed=0))
     if variant == "smoke":

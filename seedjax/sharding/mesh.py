@@ -16,7 +16,9 @@ MESH_AXES = ("data", "fsdp", "model", "expert", "mem")
 
 
 def resolve_mesh_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, int]:
-    """Fills one ``-1`` entry so the product equals ``n_devices``; validates names and sizes."""
+    """Fills one ``-1`` entry so the product equals ``n_devices``; validates names and sizes.
+    ValueError (one line naming mesh.shape) for an unknown axis, a size < 1, two ``-1``, or
+    sizes whose product does not divide / equal ``n_devices``."""
     unknown = sorted(set(shape) - set(MESH_AXES))
     if unknown:
         raise ValueError(f"mesh axes {unknown} unknown; allowed: {list(MESH_AXES)}")
@@ -30,12 +32,17 @@ def resolve_mesh_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, in
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if free:
         if n_devices % fixed:
-            raise ValueError(f"mesh sizes {sizes} do not divide the {n_devices} devices")
+            raise ValueError(f"mesh.shape {_fmt(sizes)}: the fixed axes' product {fixed} does "
+                             f"not divide the {n_devices} devices, so {free[0]}=-1 cannot fill")
         sizes[free[0]] = n_devices // fixed
     if math.prod(sizes.values()) != n_devices:
-        raise ValueError(f"mesh {sizes} has {math.prod(sizes.values())} devices but "
-                         f"{n_devices} are available; use -1 for one axis to fill")
+        raise ValueError(f"mesh.shape {_fmt(sizes)} has {math.prod(sizes.values())} devices but "
+                         f"{n_devices} devices are available; use -1 for one axis to fill")
     return sizes
+
+
+def _fmt(sizes: Mapping[str, int]) -> str:
+    return "{" + ", ".join(f"{a}: {s}" for a, s in sizes.items() if s != 1) + "}"
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, *, devices: Sequence | None = None,

@@ -99,6 +99,10 @@ def _resolve(shape, axes, rules: Mapping[str, Any], mesh) -> tuple[PartitionSpec
     return PartitionSpec(*fixed), dropped
 
 
+def _axes_txt(names) -> str:
+    return f"mesh axis {names[0]}" if len(names) == 1 else f"mesh axes {'*'.join(names)}"
+
+
 def spec_for(shape, axes, rules: Mapping[str, Any], mesh, *, strict: bool = False,
              name: str = "array") -> PartitionSpec:
     """PartitionSpec of an array of ``shape`` with logical ``axes`` on ``mesh`` (a Mesh or an
@@ -109,8 +113,8 @@ def spec_for(shape, axes, rules: Mapping[str, Any], mesh, *, strict: bool = Fals
     if strict and dropped:
         i, names, size = dropped[0]
         raise ValueError(
-            f"{name}: dimension {i} ({axes[i]!r}) of size {shape[i]} is not divisible by mesh "
-            f"axis {'x'.join(names)} of size {size} (mesh.strict_sharding=True; change the "
+            f"{name}: dimension {i} ({axes[i]!r}) of size {shape[i]} is not divisible by "
+            f"{_axes_txt(names)} of size {size} (mesh.strict_sharding=True; change the "
             "config's sizes or the mesh, or set it False to replicate that dimension)")
     return spec
 
@@ -186,7 +190,7 @@ def sharding_table(module: nnx.Module, mesh, rules: Mapping[str, Any], *,
     out = ["| parameter | shape | logical axes | mesh spec | bytes/device |",
            "|---|---|---|---|---|"]
     for r in rows:
-        note = "".join(f"; dim {i} not divisible by {'x'.join(a)}={n}" for i, a, n in r.dropped)
+        note = "".join(f"; dim {i} not divisible by {'*'.join(a)}={n}" for i, a, n in r.dropped)
         out.append(f"| {r.path} | {r.shape} | {r.axes} | {r.spec}{note} | "
                    f"{_fmt_bytes(r.bytes_per_device)} |")
     n = sum(math.prod(r.shape) for r in rows)

@@ -91,7 +91,8 @@ SCHEMA: dict[str, Any] = {
         "eval_seen": _f("bool", optional=True),
         "ema_decay": _f("float", *UNIT)},
     "mesh": {"shape": _f("dict"),
-             "rules": _f("str", lambda v: v in PRESETS, f"one of {sorted(PRESETS)}")},
+             "rules": _f("str", lambda v: v in PRESETS, f"one of {sorted(PRESETS)}"),
+             "strict_sharding": _f("bool")},
     "sample": {
         "prompt": _f("str", lambda v: bool(v), "non-empty text"), "length": _f("int", *POS),
         "temperature": _f("float", lambda v: v >= 0, ">= 0 (0 = greedy)"),

@@ -83,7 +83,8 @@ class Trainer:
         self.ema_decay = float(self.task.ema_decay)
         self.tx, self.schedule = make_optimizer(
             tc, decay_mask, groups, trainable_of(tc, self.objective.trainable_groups))
-        self.p_shardings = param_shardings(abstract, self.mesh, self.rules)
+        strict = bool(config.mesh.get("strict_sharding", False))  # non-dividing dim: ValueError
+        self.p_shardings = param_shardings(abstract, self.mesh, self.rules, strict=strict)
 
         self.data = self.task.data
         self.batch_spec = PartitionSpec(("data", "fsdp"))

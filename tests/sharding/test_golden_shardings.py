@@ -97,7 +97,7 @@ def dump(family: str, preset: str) -> str:
              "# path  shape  logical axes  ->  PartitionSpec"]
     for r in sharding_rows(family_model(family), MESH, get_rules(preset)):
         shape = "x".join(map(str, r.shape)) or "scalar"
-        note = "".join(f"  # dim {i} not divisible by {'x'.join(a)}={n}" for i, a, n in r.dropped)
+        note = "".join(f"  # dim {i} not divisible by {'*'.join(a)}={n}" for i, a, n in r.dropped)
         lines.append(f"{r.path}  {shape}  {_fmt_axes(r.axes)}  ->  {r.spec}{note}")
     return "\n".join(lines) + "\n"
 
