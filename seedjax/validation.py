@@ -15,6 +15,13 @@ def check_int(field: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_bool(field: str, value: Any) -> bool:
+    """``value`` if it is True or False (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{field}={value!r} must be True or False")
+    return value
+
+
 def check_choice(field: str, value: Any, allowed: tuple) -> Any:
     """``value`` if it is one of ``allowed``."""
     if value not in allowed:

@@ -21,14 +21,17 @@ with ``rate=1, dynamic=False`` is exactly equal to it.
     not say whether sqrt(n) multiplies or divides, and any value != 1 breaks the exact pre-norm
     equivalence at init. Applied through the family's ``out_init_scale(cfg)``, which the
     attention and FFN factories multiply into their output-projection init std.
+  * ``recompute`` (bool, True): recompute the stream reads in the backward pass instead of
+    storing their [B, T, n, d] intermediates (same results; ``seedjax.nn.connections``).
 ``"frac"`` (FC; state [B, T, m, d/m]):
   * ``rate`` (int, 4): frac rate m (must divide ``d_model``); ``dynamic``, ``use_tanh``,
-    ``coeff_norm``, ``scale_init`` as for "hyper".
+    ``coeff_norm``, ``scale_init`` as for "hyper"; ``recompute`` (bool, False: FC's state is
+    only d wide, and recomputing its reads costs memory on TPU rather than saving it).
 ``"mhc"`` (mHC; state [B, T, n, d]):
   * ``rate`` (int, 4); ``dynamic`` (bool, True); ``sinkhorn_iters`` (int, 20);
     ``scale_init`` (float, 0.01: a_pre, a_post, a_res); ``res_logit_init`` (float, 2.0:
     b_res = value * I); ``pre_init`` ("onehot" | "uniform", "onehot"); ``reduce`` ("sum");
-    ``out_proj_init_scale`` as for "hyper".
+    ``out_proj_init_scale``, ``recompute`` as for "hyper".
 
 Norms (``model.norm_kwargs``; eps is ``model.norm_eps``):
   * ``"seednorm"``: ``num_heads`` (1), ``activation`` ("tanh" | "sigmoid" | "hardtanh"),
@@ -87,12 +90,13 @@ class HyperFamily:
     def make(cfg: LMConfig, sublayer_idx: int, *, rngs: nnx.Rngs, rate: int = DEFAULT_RATE,
              dynamic: bool = True, use_tanh: bool = True, coeff_norm: str = "layernorm",
              scale_init: float = 0.01, rescale: bool = True, reduce: str = "sum",
-             out_proj_init_scale=1.0):
+             out_proj_init_scale=1.0, recompute: bool = True):
         check_choice("hyper connection reduce", reduce, REDUCTIONS)
         resolve_out_proj_init_scale(out_proj_init_scale, rate)
         return HyperConnection(cfg.d_model, rate, sublayer_idx=sublayer_idx, dynamic=dynamic,
                                use_tanh=use_tanh, coeff_norm=coeff_norm, scale_init=scale_init,
-                               rescale=rescale, eps=cfg.norm_eps, rngs=rngs)
+                               rescale=rescale, eps=cfg.norm_eps, recompute=recompute,
+                               rngs=rngs)
 
     out_init_scale = staticmethod(_out_init_scale)
 
@@ -111,10 +115,11 @@ class FracFamily:
     @staticmethod
     def make(cfg: LMConfig, sublayer_idx: int, *, rngs: nnx.Rngs, rate: int = DEFAULT_RATE,
              dynamic: bool = True, use_tanh: bool = True, coeff_norm: str = "layernorm",
-             scale_init: float = 0.01, rescale: bool = True):
+             scale_init: float = 0.01, rescale: bool = True, recompute: bool = False):
         return FracConnection(cfg.d_model, rate, sublayer_idx=sublayer_idx, dynamic=dynamic,
                               use_tanh=use_tanh, coeff_norm=coeff_norm, scale_init=scale_init,
-                              rescale=rescale, eps=cfg.norm_eps, rngs=rngs)
+                              rescale=rescale, eps=cfg.norm_eps, recompute=recompute,
+                              rngs=rngs)
 
     @staticmethod
     def expand(x, cfg: LMConfig):
@@ -132,13 +137,13 @@ class ManifoldFamily:
     def make(cfg: LMConfig, sublayer_idx: int, *, rngs: nnx.Rngs, rate: int = DEFAULT_RATE,
              dynamic: bool = True, sinkhorn_iters: int = 20, scale_init: float = 0.01,
              res_logit_init: float = 2.0, pre_init: str = "onehot", reduce: str = "sum",
-             out_proj_init_scale=1.0):
+             out_proj_init_scale=1.0, recompute: bool = True):
         check_choice("mhc connection reduce", reduce, REDUCTIONS)
         resolve_out_proj_init_scale(out_proj_init_scale, rate)
         return ManifoldHyperConnection(
             cfg.d_model, rate, sublayer_idx=sublayer_idx, dynamic=dynamic,
             sinkhorn_iters=sinkhorn_iters, scale_init=scale_init, res_logit_init=res_logit_init,
-            pre_init=pre_init, eps=cfg.norm_eps, rngs=rngs)
+            pre_init=pre_init, eps=cfg.norm_eps, recompute=recompute, rngs=rngs)
 
     expand = staticmethod(HyperFamily.expand)
     reduce = staticmethod(HyperFamily.reduce)

@@ -1,6 +1,7 @@
 """Hyper-, Frac- and manifold Hyper-Connections: pre-norm equivalence at init (logits and
 gradients), the sequential-parallel duality of HC section 3.2, shapes/dtypes, optimizer labels,
 Sinkhorn, errors, and a short training smoke."""
+import dataclasses
 import math
 
 import jax
@@ -422,3 +423,25 @@ def test_training_smoke_every_connection_param_gets_gradient():
         _check_two_step_grads(conn, g0, g1)
     p, g0 = step(2, splits[2][1])
     _check_two_step_grads("mhc", g0, step(2, p)[1])
+
+
+@pytest.mark.parametrize("conn", ["hyper", "frac", "mhc"])
+def test_recompute_gives_identical_outputs_and_gradients(conn):
+    """``recompute`` (jax.checkpoint around the stream read) changes what the backward pass
+    stores, not what it computes: logits and every gradient equal the stored variant's (nonzero
+    dynamic weights, so the recomputed coefficient path matters)."""
+    def run(recompute):
+        cfg = dataclasses.replace(CFG, connection=conn,
+                                  connection_kwargs={"rate": 4, "recompute": recompute})
+        model = LM(cfg, rngs=nnx.Rngs(0))
+        for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+            if "dynamic" in str(path) or "phi" in str(path):
+                v.set_value(0.1 * jax.random.normal(jax.random.key(len(str(path))), v.shape))
+        g, s = nnx.split(model)
+        f = jax.jit(jax.value_and_grad(lambda s: _loss(nnx.merge(g, s))))
+        return f(s)
+
+    (l0, g0), (l1, g1) = run(False), run(True)
+    assert float(l0) == float(l1)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
