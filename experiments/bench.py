@@ -324,7 +324,8 @@ def bench_connections(steps, out_dir, rounds: int = 5):
           f"Command: `python -m experiments.bench connections --steps {steps}`",
           f"Model: configs/papers/common.py:cpu (d={base.model.d_model}, {base.model.n_layers} "
           f"layers, batch {b} x seq {t}); {result['device_kind']}, {result['cpu_count']} cores; "
-          f"median of {rounds} x {steps} interleaved steps per arm.", "",
+          f"median of {rounds} x {steps} interleaved steps per arm; load average "
+          f"{result['load_avg'][0]:.1f} at the start (shared machine: compare ratios).", "",
           "| arm | params | step s | step / baseline | XLA temp MB | temp / baseline "
           "| TPU v5e grad temp MiB |",
           "|---|---|---|---|---|---|---|"]
