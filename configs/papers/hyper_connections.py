@@ -91,6 +91,7 @@ def paper_lm_config(name: str, model: dict, *, lr: float, seq_len: int = 4096):
     c.model.update(**{"dtype": "bfloat16", "scan_layers": True, "remat": True, **model})
     c.data.update(seq_len=seq_len, batch_size=8)
     c.train.update(lr=lr, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0)
+    c.mesh.strict_sharding = True   # on a pod, a dimension the mesh cannot split is an error
     return c
 
 

@@ -74,6 +74,7 @@ def get_config(variant: str | None = None):
     c.model.update(paper_model(variant))
     c.data.update(seq_len=4096, batch_size=8)
     c.train.update(lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0, **STAGE_ONE)
+    c.mesh.strict_sharding = True   # on a pod, a dimension the mesh cannot split is an error
     return c
 
 

@@ -74,6 +74,7 @@ def _paper_config(variant: str):
     c.data.update(source="imagenet256_latents.npz", batch_size=256)
     c.train.update(steps=1_700_000, lr=1e-4, warmup_steps=0, ema_decay=0.9999)
     c.mesh.shape = dict(data=-1, fsdp=1, model=1, expert=1, mem=1)
+    c.mesh.strict_sharding = True   # on a pod, a dimension the mesh cannot split is an error
     return c
 
 

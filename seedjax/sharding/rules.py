@@ -72,8 +72,6 @@ REPLICATED: dict[str, str] = {
     "mem_query": "memory query projection output (heads x 2 x k_dim): small",
     "ngram_dim": "over-encoding table width: rows carry the split, gathered whole-row",
 }
-_overlap = MAPPED & set(REPLICATED)
-assert not _overlap, f"logical names both mapped and replicated: {sorted(_overlap)}"
 
 
 def get_rules(name: str) -> dict[str, Any]:

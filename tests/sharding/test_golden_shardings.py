@@ -29,8 +29,8 @@ from jax.sharding import AbstractMesh, AxisType
 from experiments.overrides import apply_overrides
 from seedjax.models import LM, LMConfig
 from seedjax.models.dit import DiT, DiTConfig
-from seedjax.sharding import (MESH_AXES, PRESETS, get_rules, param_shardings, sharding_rows,
-                              unknown_logical_names)
+from seedjax.sharding import (MAPPED, MESH_AXES, PRESETS, REPLICATED, get_rules, param_shardings,
+                              sharding_rows, unknown_logical_names)
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SEEDJAX_UPDATE_GOLDEN") == "1"
@@ -161,9 +161,21 @@ def _all_configs():
         yield f, family_config(f)
 
 
+def _activation_names() -> set:
+    """Logical names of the ``constrain(x, (...))`` calls in seedjax."""
+    root = Path(__file__).resolve().parents[2] / "seedjax"
+    names = set()
+    for f in root.rglob("*.py"):
+        for tup in re.findall(r"constrain\([^,]+,\s*\(([^)]*)\)", f.read_text()):
+            names.update(re.findall(r'"([a-z_]+)"', tup))
+    return names
+
+
 def test_every_logical_name_is_mapped_or_replicated_on_purpose():
     """Every parameter of every smoke sweep row and family names each dimension, and each
-    logical name is in some preset or in ``REPLICATED`` (add new names to one of them)."""
+    logical name is in some preset or in ``REPLICATED`` (add new names to one of them); no name
+    is both, and ``REPLICATED`` lists no name that nothing uses."""
+    assert not MAPPED & set(REPLICATED), sorted(MAPPED & set(REPLICATED))
     seen: dict[str, str] = {}
     for where, cfg in _all_configs():
         model = build_abstract(cfg)
@@ -176,15 +188,13 @@ def test_every_logical_name_is_mapped_or_replicated_on_purpose():
     unknown = unknown_logical_names(seen)
     assert not unknown, ("logical axis names neither mapped by a preset nor in REPLICATED "
                          f"(seedjax/sharding/rules.py): {[(u, seen[u]) for u in unknown]}")
+    unused = set(REPLICATED) - set(seen) - _activation_names()
+    assert not unused, f"REPLICATED names no model or constrain call uses: {sorted(unused)}"
 
 
 def test_every_constrained_activation_name_is_known():
     """The logical names of ``constrain(x, (...))`` calls in seedjax are known names too."""
-    root = Path(__file__).resolve().parents[2] / "seedjax"
-    names = set()
-    for f in root.rglob("*.py"):
-        for tup in re.findall(r"constrain\([^,]+,\s*\(([^)]*)\)", f.read_text()):
-            names.update(re.findall(r'"([a-z_]+)"', tup))
+    names = _activation_names()
     assert {"batch", "length", "embed"} <= names
     assert not unknown_logical_names(names), unknown_logical_names(names)
 

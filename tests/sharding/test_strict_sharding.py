@@ -86,3 +86,26 @@ def test_trainer_strict_sharding_raises_lenient_runs(tmp_path, small_corpus):
     with pytest.raises(ValueError, match=r"parameter layers/blocks/0/attn/w\w: dimension 1 "
                        r"\('(kv_)?heads'\) of size 4 .* mesh axis model of size 8"):
         Trainer(cfg, str(tmp_path / "strict"), progress=False)
+
+
+# paper-scale configs with row-sharded tables or experts (others: dense layers only)
+PAPER_TABLES = [("over_tokenized", "paper_olmoe1.3b_oe12.8m"), ("ultramem_v2", "paper_1b_v2"),
+                ("ultramem", "paper_1.6b_ultramem"), ("hyper_connections", "paper_olmoe1b7b_dhc4"),
+                ("race_dit", "paper_b2_moe"), ("ouro", "1.4b")]
+
+
+@pytest.mark.parametrize("paper,variant", PAPER_TABLES)
+def test_paper_scale_tables_and_experts_split_8_ways(paper, variant):
+    """Paper-scale configs set mesh.strict_sharding, and their memory / n-gram tables' rows, MoE
+    experts and embed dims divide an 8-way mem, expert and fsdp axis (fsdp_tp_mem, strict)."""
+    import importlib
+
+    from tests.sharding.test_golden_shardings import build_abstract
+    cfg = importlib.import_module(f"configs.papers.{paper}").get_config(variant)
+    assert cfg.mesh.strict_sharding is True
+    validate_config(cfg)
+    sh = param_shardings(build_abstract(cfg), _mesh(fsdp=8, expert=8, mem=8),
+                         get_rules("fsdp_tp_mem"), strict=True)
+    specs = {str(s.spec) for s in jax.tree.leaves(sh)}
+    want = {"ouro": "fsdp", "race_dit": "expert", "hyper_connections": "expert"}.get(paper, "mem")
+    assert any(want in s for s in specs), (want, specs)
