@@ -308,3 +308,25 @@ def test_worker_processes_match_in_process(corpus_dir):
         assert _same(_take(resumed, 3), expected[3:])
     finally:
         resumed.train_iter.close()
+
+
+def test_two_processes_with_a_bpe_tokenizer_split_the_global_batch(corpus_dir, tmp_path):
+    """data.tokenizer="bpe" with 2 processes sharing one workdir (as a multi-host run does):
+    both train the same tokenizer (same fingerprint, one tokenizer.json) and their train and
+    val rows concatenate, in process order, to the single-process batches."""
+    kw = dict(tokenizer="bpe", vocab_size=300)
+    (tmp_path / "one").mkdir()
+    single = _build(corpus_dir, workdir=str(tmp_path / "one"), **kw)
+    shared = tmp_path / "two"
+    shared.mkdir()
+    procs = [_build(corpus_dir, workdir=str(shared), process_index=p, process_count=2, **kw)
+             for p in (0, 1)]
+    assert procs[0].tokenizer.fingerprint == procs[1].tokenizer.fingerprint \
+        == single.tokenizer.fingerprint
+    assert os.listdir(shared) == ["tokenizer.json"]
+    for full, a, b in zip(_take(single, 3), _take(procs[0], 3), _take(procs[1], 3)):
+        for k in ("inputs", "targets"):
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), full[k])
+    for full, a, b in zip(single.val_batches(), procs[0].val_batches(), procs[1].val_batches()):
+        np.testing.assert_array_equal(np.concatenate([a["inputs"], b["inputs"]]),
+                                      full["inputs"])
