@@ -22,6 +22,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
@@ -201,3 +202,26 @@ def test_every_constrained_activation_name_is_known():
 
 def test_unknown_name_is_reported():
     assert unknown_logical_names(["embed", None, "brand_new_axis"]) == ["brand_new_axis"]
+
+
+def test_print_sharding_table(capsys):
+    """Rows carry path, shape, axes, spec and bytes per device; the totals row sums them."""
+    from seedjax.sharding import print_sharding_table
+    model = family_model("lm_dense")
+    mesh = AbstractMesh((1, 2, 2, 1, 1), MESH_AXES)
+    text = print_sharding_table(model, mesh, "fsdp_tp")
+    assert capsys.readouterr().out.strip() == text
+    lines = text.splitlines()
+    # vocab 256 x embed 64 float32 over model x fsdp: 64 KiB / 4
+    assert "| embed/table | (256, 64) | ('vocab', 'embed') | P('model', 'fsdp') | 16.00 KiB |" \
+        in lines
+    rows = sharding_rows(model, mesh, get_rules("fsdp_tp"))
+    assert len(lines) == len(rows) + 3
+    for r in rows:     # each named mesh axis has size 2 and halves the bytes
+        assert r.bytes_per_device * 2 ** sum(e is not None for e in r.spec) == r.nbytes, r
+    assert any(e is None for r in rows for e in r.spec)    # replicated dims count in full
+    params = sum(int(np.prod(r.shape)) for r in rows)
+    assert lines[-1].startswith(f"| total: {len(rows)} arrays | {params:,} params | mesh "
+                                "fsdp=2, model=2 |")
+    per = sum(r.bytes_per_device for r in rows)
+    assert lines[-1].endswith(f"| {per / 1024:.2f} KiB |")
