@@ -3,7 +3,7 @@
   python -m experiments.bench lm [--variants smoke,tiny,small] [--steps 5]
   python -m experiments.bench connections [--steps 5]
   python -m experiments.bench memory [--mem_d_model 512] [--mem_batches 1,4,16,64,256]
-  python -m experiments.bench looped [--looped_new_tokens 64]
+  python -m experiments.bench looped [--looped_new_tokens 64] [--looped_workdir RUN]
   python -m experiments.bench over_encoding [--oe_sizes 16381,65521,...] [--oe_rounds 12]
   python -m experiments.bench moe [--moe_experts 8,16,32] [--moe_top_ks 2,4] [--moe_rounds 5]
 
@@ -50,6 +50,8 @@ flags.DEFINE_integer("mem_bandwidth_mb", 256, "memory: array size of the read-ba
 flags.DEFINE_bool("mem_plot", True, "memory: write memory.png.")
 flags.DEFINE_integer("looped_new_tokens", 64, "looped: greedy tokens decoded per setting.")
 flags.DEFINE_integer("looped_repeats", 3, "looped: timed calls per setting (best reported).")
+flags.DEFINE_string("looped_workdir", None, "looped: a trained looped run's workdir (default: "
+                    "a random model); writes looped_trained.{json,md}.")
 flags.DEFINE_list("oe_sizes", ["16381", "65521", "262139", "1048573", "4194301"],
                   "over_encoding: table sizes m of the n=2, k=1 arms.")
 flags.DEFINE_integer("oe_paper_m", 262139, "over_encoding: m of the n=3, k=2 arm (0: none).")
@@ -413,7 +415,8 @@ def main(argv):
     if argv[1] == "looped":
         from experiments.bench_looped import bench_looped
         bench_looped(FLAGS.out, new_tokens=FLAGS.looped_new_tokens,
-                     repeats=FLAGS.looped_repeats, command=_command("looped", "looped_", "out"))
+                     repeats=FLAGS.looped_repeats, command=_command("looped", "looped_", "out"),
+                     workdir=FLAGS.looped_workdir)
         return
     if argv[1] == "over_encoding":
         from experiments.bench_over_encoding import bench_over_encoding

@@ -4,6 +4,11 @@ for a looped LM (Ouro layout, random weights), physical early exit (``last_avail
 the same model, measured in one run. Batch 1 (where a skipped loop is really not computed),
 greedy, compile excluded (first call), best of ``repeats`` timed calls per setting, settings
 interleaved round-robin so machine drift hits all alike. Writes results/bench/looped.{json,md}.
+
+``workdir``: a trained looped run instead of the random model (its checkpoint's params, its
+tokenizer encoding a fixed Python prompt): its gate decides the exits, so the rows are points
+of the real exit curve (their CE is ``experiments.looped_depth``'s). Writes
+``looped_trained.{json,md}``.
 """
 from __future__ import annotations
 
@@ -34,18 +39,43 @@ def bench_model(d_model=256, n_layers=4, loops=4, vocab=256, max_seq_len=160, se
     return m
 
 
+PROMPT = "import os\n\n\ndef read_lines(path, encoding=None):\n    "
+
+
+def trained_model(workdir: str, prompt_len: int):
+    """(model, prompt [1, prompt_len] int32) of a trained looped run: its checkpointed params
+    (not the EMA) and its own tokenizer applied to ``PROMPT``."""
+    import numpy as np
+
+    from seedjax.data.pipeline import run_tokenizer
+    from seedjax.train.restore import load_run
+    run = load_run(workdir, use_ema=False)
+    if getattr(run.model.cfg, "stack", "plain") != "looped":
+        raise ValueError(f"--looped_workdir={workdir!r} holds a {run.model.cfg.stack!r} stack "
+                         "model; the looped bench needs model.stack='looped'")
+    ids = run_tokenizer(workdir, run.config.data.get("tokenizer", "byte")).encode(PROMPT)
+    if len(ids) < prompt_len:
+        raise ValueError(f"the prompt has {len(ids)} tokens < prompt_len={prompt_len}")
+    return run.model, np.asarray(ids[:prompt_len], np.int32)[None]
+
+
 def bench_looped(out_dir: str = "results/bench", *, prompt_len: int = 16, new_tokens: int = 64,
-                 repeats: int = 3, qs=QS, policies=POLICIES, command: str = "") -> dict:
+                 repeats: int = 3, qs=QS, policies=POLICIES, command: str = "",
+                 workdir: str | None = None) -> dict:
     import jax
     import numpy as np
 
     from seedjax.eval.looped_decode import loop_stats, prepare
     from seedjax.train.flops import lm_forward_flops_per_token
 
-    model = bench_model()
+    if workdir:
+        model, prompt = trained_model(workdir, prompt_len)
+    else:
+        model = bench_model()
+        prompt = np.random.default_rng(1).integers(1, model.cfg.vocab_size,
+                                                   (1, prompt_len)).astype(np.int32)
     cfg = model.cfg
     loops = model.layers.config.loops
-    prompt = np.random.default_rng(1).integers(1, cfg.vocab_size, (1, prompt_len)).astype(np.int32)
     settings = [("full_per_depth", 1.0)] + [(p, q) for p in policies for q in qs]
     runs = {}
     for policy, q in settings:
@@ -85,15 +115,18 @@ def bench_looped(out_dir: str = "results/bench", *, prompt_len: int = 16, new_to
                     if isinstance(v, (int, float, str, bool, type(None))) or hasattr(v, "items")}
     result = {"benchmark": "looped", "model": model_fields, "loops": loops, "batch": 1, "prompt_len": prompt_len,
               "new_tokens": new_tokens, "repeats": repeats, **_machine(), "rows": rows,
-              "command": command}
+              "command": command, "workdir": workdir}
+    what = (f"trained run `{workdir}` (its params and gate; prompt: its tokenizer on a fixed "
+            "Python snippet)" if workdir else "random looped LM (Ouro layout)")
+    note = ("Trained gate: the rows are points of this run's exit curve." if workdir else
+            "Untrained gate (N(0, 0.15^2) kernel): the numbers are cost, not quality.")
     md = [f"# Looped LM decode: physical early exit vs run-all ({result['time']})", "",
           f"Command: `{command}`",
-          f"Model: random looped LM (Ouro layout) d={cfg.d_model}, {cfg.n_layers} shared layers x "
+          f"Model: {what} d={cfg.d_model}, {cfg.n_layers} shared layers x "
           f"T={loops} loops, vocab {cfg.vocab_size}; batch 1, prompt {prompt_len}, "
           f"{new_tokens} greedy tokens; {result['device_kind']}, {result['cpu_count']} cores, load "
           f"average {result['load_avg'][0]} at start; "
-          f"best of {repeats} interleaved calls per row, compile excluded. Untrained gate "
-          "(N(0, 0.15^2) kernel): the numbers are cost, not quality.", "",
+          f"best of {repeats} interleaved calls per row, compile excluded. {note}", "",
           "| kv policy | q | loops/token (mean) | histogram 1..T | saved | tokens/s | "
           "speed-up vs run-all | GFLOP/token | same tokens as run-all |",
           "|---|---|---|---|---|---|---|---|---|"]
@@ -108,5 +141,5 @@ def bench_looped(out_dir: str = "results/bench", *, prompt_len: int = 16, new_to
            "runs all loops). GFLOP/token = `seedjax/train/flops.py` forward FLOPs with "
            "loops = the mean executed and one head call. Tokens may differ from run-all when "
            "exiting early (different logits, and for the skipping policies different K/V)."]
-    _write(out_dir, "looped", result, md)
+    _write(out_dir, "looped_trained" if workdir else "looped", result, md)
     return result
