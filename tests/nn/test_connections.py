@@ -431,7 +431,7 @@ def test_recompute_gives_identical_outputs_and_gradients(conn):
     stores, not what it computes: logits and every gradient equal the stored variant's (nonzero
     dynamic weights, so the recomputed coefficient path matters)."""
     def run(recompute):
-        cfg = dataclasses.replace(CFG, connection=conn,
+        cfg = dataclasses.replace(CFG, connection=conn, n_layers=1,
                                   connection_kwargs={"rate": 4, "recompute": recompute})
         model = LM(cfg, rngs=nnx.Rngs(0))
         for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
