@@ -33,7 +33,8 @@ from seedjax.train.step import bits_per_byte
 class LMTask:
     unit = "tokens"
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str, *, data: bool = True):
+        """``data=False``: no data pipeline (``self.data`` None), for compile checks and plans."""
         tc = config.train
         self.ema_decay = float(tc.get("ema_decay", 0.0))
         self.model_cfg = LMConfig.from_dict(config.model)
@@ -46,7 +47,7 @@ class LMTask:
         self.objective = make_objective(tc.get("objective", "lm"),
                                         dict(tc.get("objective_kwargs") or {}),
                                         stack=self.model_cfg.stack)
-        self.data = build_lm_data(
+        self.data = None if not data else build_lm_data(
             source=config.data.source, seq_len=self.seq_len, batch_size=self.batch_size,
             seed=seed, val_fraction=float(config.data.val_fraction),
             max_val_batches=int(config.data.max_val_batches),
@@ -61,6 +62,11 @@ class LMTask:
         self.flops_per_step = flops_per_token * self.items_per_step
 
     eval_sums = staticmethod(eval_sums)
+
+    def batch_shapes(self) -> dict:
+        """The global train batch as ShapeDtypeStructs: inputs / targets int32 [B, T]."""
+        s = jax.ShapeDtypeStruct((self.batch_size, self.seq_len), np.int32)
+        return {"inputs": s, "targets": s}
 
     def report(self, sums: dict) -> dict:
         """Mean CE per token ("loss"), bits/byte, token count, every other sum per token."""

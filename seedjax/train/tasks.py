@@ -15,10 +15,12 @@ def task_name(config) -> str:
     return name
 
 
-def make_task(config, workdir: str):
+def make_task(config, workdir: str, *, data: bool = True):
+    """The task of ``config``; ``data=False`` builds no data pipeline (model, objective, FLOPs
+    and ``batch_shapes()`` only: compile checks and plans)."""
     name = task_name(config)
     if name == "lm":
         from seedjax.train.lm_task import LMTask
-        return LMTask(config, workdir)
+        return LMTask(config, workdir, data=data)
     from seedjax.train.diffusion_task import DiffusionTask
-    return DiffusionTask(config, workdir)
+    return DiffusionTask(config, workdir, data=data)

@@ -1,0 +1,275 @@
+"""Will it fit? Per-chip bytes, FLOPs and a roofline step time of a config on a topology,
+without compiling (``experiments/plan.py``; ``seedjax.train.aot`` is the ground truth).
+
+State bytes are exact up to layout padding (TPU HBM tiles are 8 x 128 32-bit words: widths
+below 128, as configs/lm.py:smoke's d 64, pad; the compiled smoke state is 1.34x ours): the
+train state's abstract shapes (``seedjax.train.aot.build_step`` on an
+``AbstractMesh``: params, AdamW moments, EMA, model statistics) divided by their shardings (the
+config's rules). Activations are an estimate, derived from the task's forward FLOPs per token
+(``seedjax.train.flops`` / ``forward_flops_per_image``), so every registered part (MoE, memory
+layers, over-encoding, loops) is covered without a per-architecture formula:
+
+* a matmul [t, d_in] x [d_in, d_out] costs 2 d_in d_out FLOPs per token; its output (what the
+  backward reads) is d_out = FLOPs / (2 d_in) values. Per token, all layers' matmuls keep
+  ``sum(component FLOPs) / (2 d)`` values in the compute dtype (attention projections: q, k, v
+  and the attention output; SwiGLU: gate, up and their product), plus 2 d per layer (the
+  two norm outputs) and d x streams per layer (the block input; hyper-connections: n streams);
+* attention probabilities, float32: h T per token per layer (the scores are materialised;
+  LM: attn_scores / (2 head_dim), DiT: attn_scores / (4 head_dim));
+* the loss: logits and their gradient, float32, 2 V per token (per loop for looped LMs);
+* ``scan_layers``: the gradient of the stacked block parameters is one buffer the scan's
+  backward fills (not fused into the update): + the scanned parameters' bytes;
+* ``remat`` (scanned, rematerialised blocks): only the block inputs of every layer are kept,
+  plus one layer's activations while its backward runs;
+* tensor parallelism divides the per-layer terms by the ``model`` axis; tokens per chip =
+  batch tokens / (data x fsdp).
+
+On TPUs XLA's memory-space assignment keeps temporaries in the chip's on-chip VMEM (128 MiB on
+v5e/v6e, 64 MiB per core on v5p/v4) instead of HBM: the estimate of HBM activations is
+max(0, activations - VMEM) (not for scanned blocks without remat, whose residuals are stacked
+[L, ...] buffers; that combination is underestimated by about 20%, measured on configs/lm.py:small).
+This term is calibrated on the v5e compiles of configs/lm.py (smoke:
+temp 0; tiny: 8.8 MB of an estimated 37 MB); gradients do not appear: XLA fuses them into the
+in-place optimizer update of the donated state.
+
+Per chip total = state + batch + HBM activations. Roofline step time = max(FLOPs per step /
+(devices x peak), HBM traffic / bandwidth) with traffic = 2 x state (read + write) + 2 x
+activations (write forward, read backward); communication is not modelled, so MFU =
+compute time / step time is an upper bound.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from seedjax.sharding.mesh import MESH_AXES
+from seedjax.train.hardware import Chip
+
+MIB, GIB = 2 ** 20, 2 ** 30
+VMEM = {"v5e": 128 * MIB, "v6e": 128 * MIB, "v5p": 64 * MIB, "v4": 16 * MIB}
+
+
+def shard_shape(sds) -> tuple:
+    """Shape of one shard of a ShapeDtypeStruct with a NamedSharding (or unsharded)."""
+    sh = getattr(sds, "sharding", None)
+    if sh is None:
+        return tuple(sds.shape)
+    spec = tuple(sh.spec) + (None,) * (len(sds.shape) - len(sh.spec))
+    return tuple(dim // math.prod(sh.mesh.shape[a] for a in ((e,) if isinstance(e, str) else e))
+                 if e is not None else dim for dim, e in zip(sds.shape, spec))
+
+
+def shard_bytes(sds) -> int:
+    """Bytes of one shard (no layout padding)."""
+    return math.prod(shard_shape(sds)) * np.dtype(sds.dtype).itemsize
+
+
+def tree_bytes(tree) -> int:
+    return int(sum(shard_bytes(x) for x in jax.tree.leaves(tree)))
+
+
+@dataclasses.dataclass
+class Plan:
+    """Per-chip bytes (state parts exact, activations estimated), FLOPs and a roofline."""
+    topology: str
+    chip: Chip
+    mesh: dict
+    rules: str
+    n_params: int
+    params: int
+    opt_state: int
+    other_state: int          # EMA, model statistics, step, rng
+    batch: int
+    activations: int          # estimate before the VMEM discount
+    hbm_activations: int      # what the estimate leaves in HBM
+    scan_grads: int           # gradients of scanned blocks (scan_layers: a stacked buffer)
+    flops_per_step: float
+    n_devices: int
+    vmem: int = 0
+
+    @property
+    def state(self) -> int:
+        return self.params + self.opt_state + self.other_state
+
+    @property
+    def total(self) -> int:
+        return self.state + self.batch + self.scan_grads + self.hbm_activations
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.chip.hbm_bytes
+
+    @property
+    def compute_s(self) -> float:
+        return self.flops_per_step / (self.n_devices * self.chip.peak_flops)
+
+    @property
+    def memory_s(self) -> float:
+        return (2 * self.state + 2 * self.hbm_activations) / self.chip.hbm_bandwidth
+
+    @property
+    def step_s(self) -> float:
+        return max(self.compute_s, self.memory_s)
+
+    @property
+    def mfu(self) -> float:
+        return self.compute_s / self.step_s
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["chip"] = self.chip.name
+        return {**d, "state": self.state, "total": self.total, "fits": self.fits,
+                "step_s": self.step_s, "mfu": self.mfu}
+
+
+def _compute_bytes(dtype: str) -> int:
+    return np.dtype(dtype).itemsize
+
+
+def activation_bytes(task, mesh: dict) -> int:
+    """The estimate of the module docstring, per chip, for an LM or DiT task."""
+    c = task.model_cfg
+    model_split = mesh["model"]
+    cb = _compute_bytes(c.dtype)
+    batch_shards = mesh["data"] * mesh["fsdp"]
+    d = c.d_model
+    if hasattr(c, "vocab_size"):            # LM
+        from seedjax.train import flops as flops_lib
+        comp = flops_lib.lm_forward_flops_per_token(c, task.seq_len)
+        tokens = task.batch_size * task.seq_len / batch_shards
+        hd = c.resolved_head_dim
+        probs = comp.pop("attn_scores") / (2 * hd)
+        head = comp.pop("head")
+        loops = flops_lib._configured_loops(c)
+        layers = c.n_layers * loops
+        streams = int(dict(c.connection_kwargs).get("n", dict(c.connection_kwargs).get(
+            "rate", 1))) if c.connection != "residual" else 1
+        logits = 2 * 4 * head / (2 * d) / model_split
+    else:                                   # DiT: per image
+        from seedjax.models.dit import forward_flops_per_image
+        comp = forward_flops_per_image(c)
+        n = c.tokens
+        tokens = task.batch_size * n / batch_shards
+        hd = d // c.n_heads
+        comp = {k: v / n for k, v in comp.items()}  # per token
+        comp.pop("conditioning")
+        probs = comp.pop("attn_scores") / (4 * hd)
+        layers, streams = c.n_layers, 1
+        logits = 2 * 4 * comp.pop("final") / (2 * d)
+    body = (cb * sum(comp.values()) / (2 * d) + 4 * probs) / model_split + cb * 2 * d * layers
+    resid = cb * d * streams * layers
+    per_token = (resid + body / layers if c_remat(c) else resid + body) + logits
+    return int(tokens * per_token)
+
+
+def c_remat(c) -> bool:
+    return bool(getattr(c, "remat", False))
+
+
+def plan_for(config, topology: str, *, mesh_shape: dict | None = None,
+             rules: str | None = None) -> Plan:
+    """The plan of ``config`` on a named topology (``seedjax.train.hardware.TOPOLOGIES`` or
+    a libtpu name); ``mesh_shape`` / ``rules`` replace the config's."""
+    from seedjax.train import aot, hardware
+    name, chip, topo = hardware.resolve_topology(topology)
+    n = hardware.n_devices(topology)
+    program = aot.build_step(config, n, mesh_shape=mesh_shape, rules=rules, abstract_mesh=True)
+    return plan_of(program, name, chip, rules or config.mesh.rules)
+
+
+def plan_of(program, topology: str, chip: Chip, rules: str) -> Plan:
+    """The plan of an ``aot.StepProgram`` (its mesh: a Mesh or an AbstractMesh)."""
+    from seedjax.nn.params import param_metadata
+    from seedjax.train.hardware import CHIPS
+    mesh = {a: int(program.mesh.shape[a]) for a in MESH_AXES}
+    st = program.state
+    other = {k: v for k, v in st.items() if k not in ("params", "opt_state")}
+    act = activation_bytes(program.task, mesh)
+    tpu = chip.platform == "tpu"
+    gen = next((g for g, c in CHIPS.items() if c is chip), "")
+    cfg = program.task.model_cfg
+    scan, remat = getattr(cfg, "scan_layers", False), getattr(cfg, "remat", False)
+    # scanned blocks without remat stack their residuals [L, ...]: HBM buffers, no VMEM share
+    vmem = VMEM.get(gen, 0) if tpu and (remat or not scan) else 0
+    scanned = 0
+    if scan:
+        axes = param_metadata(program.abstract, "out_sharding", ())
+        scanned = int(sum(shard_bytes(x) for ax, x in zip(
+            jax.tree.leaves(axes, is_leaf=lambda a: isinstance(a, tuple)),
+            jax.tree.leaves(st["params"])) if "layers" in tuple(ax or ())))
+    return Plan(topology=topology, chip=chip, mesh=mesh, rules=rules,
+                n_params=int(sum(math.prod(x.shape) for x in jax.tree.leaves(st["params"]))),
+                params=tree_bytes(st["params"]), opt_state=tree_bytes(st["opt_state"]),
+                other_state=tree_bytes(other), batch=tree_bytes(program.batch),
+                activations=act, hbm_activations=max(0, act - vmem), scan_grads=scanned,
+                flops_per_step=float(program.task.flops_per_step),
+                n_devices=program.n_devices, vmem=vmem)
+
+
+def candidate_meshes(config, n: int):
+    """(data, fsdp, model) splits of ``n`` devices, the config's expert / mem sizes kept when
+    they divide ``n``; ordered by model then fsdp (the least communication first)."""
+    keep = {a: int(config.mesh.shape.get(a, 1)) for a in ("expert", "mem")}
+    keep = {a: s if s > 0 and n % s == 0 else 1 for a, s in keep.items()}
+    rest = n // math.prod(keep.values())
+    out = []
+    for model in (1, 2, 4, 8):
+        for fsdp in (f for f in range(1, rest + 1) if rest % f == 0):
+            if (rest // fsdp) % model == 0:
+                out.append({"data": rest // fsdp // model, "fsdp": fsdp, "model": model, **keep})
+    return out
+
+
+def suggest_mesh(config, topology: str, *, rules: str | None = None,
+                 headroom: float = 0.9) -> tuple[dict | None, Plan | None]:
+    """The first of ``candidate_meshes`` whose plan fits in ``headroom`` x HBM (and whose
+    batch and strict shardings divide), with its plan; (None, None) when none fits."""
+    from seedjax.train import hardware
+    n = hardware.n_devices(topology)
+    for mesh in candidate_meshes(config, n):
+        try:
+            p = plan_for(config, topology, mesh_shape=mesh, rules=rules)
+        except ValueError:
+            continue
+        if p.total <= headroom * p.chip.hbm_bytes:
+            return mesh, p
+    return None, None
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"
+
+
+def render(p: Plan, suggestion: tuple[dict | None, Any] = (None, None)) -> str:
+    """The planner's printout."""
+    mesh_txt = ", ".join(f"{a}={s}" for a, s in p.mesh.items() if s > 1) or "1 device"
+    lines = [
+        f"topology {p.topology}: {p.n_devices} x {p.chip.name} ({fmt_bytes(p.chip.hbm_bytes)} "
+        f"HBM, {p.chip.peak_flops / 1e12:.0f} TFLOP/s bf16, {p.chip.hbm_bandwidth / 1e9:.0f} "
+        "GB/s)",
+        f"mesh {mesh_txt}; rules {p.rules}; {p.n_params:,} parameters",
+        "per chip:",
+        f"  parameters        {fmt_bytes(p.params)}",
+        f"  optimizer state   {fmt_bytes(p.opt_state)}",
+        f"  other state       {fmt_bytes(p.other_state)}  (EMA, model statistics, step, rng)",
+        f"  batch             {fmt_bytes(p.batch)}",
+        f"  scanned grads     {fmt_bytes(p.scan_grads)}  (stacked gradient of scanned blocks)",
+        f"  activations       {fmt_bytes(p.hbm_activations)} in HBM (estimate "
+        f"{fmt_bytes(p.activations)}" + (f" less {fmt_bytes(p.vmem)} VMEM)" if p.vmem else ")"),
+        f"  total             {fmt_bytes(p.total)} of {fmt_bytes(p.chip.hbm_bytes)}: "
+        + ("fits" if p.fits else "DOES NOT FIT"),
+        f"FLOPs per step      {p.flops_per_step:.3e} (model FLOPs, 3 x forward)",
+        f"roofline step time  {p.step_s * 1e3:.1f} ms (compute {p.compute_s * 1e3:.1f} ms, "
+        f"HBM {p.memory_s * 1e3:.1f} ms); MFU <= {p.mfu:.0%} (communication not modelled)",
+    ]
+    mesh, sp = suggestion
+    if mesh is not None:
+        lines.append("suggested mesh      " + ", ".join(f"{a}={s}" for a, s in mesh.items())
+                     + f": {fmt_bytes(sp.total)} per chip")
+    elif suggestion != (None, None) or not p.fits:
+        lines.append("suggested mesh      none of data/fsdp/model fits: a bigger topology")
+    return "\n".join(lines)
