@@ -100,22 +100,14 @@ def build_step(config, devices: Sequence | None = None, *, mesh_shape: dict | No
     else:
         mesh = make_mesh(sizes, devices=devices)
     rule_set = get_rules(rules or config.mesh.rules)
-    task = make_task(config, "", data=False)
+    task, abstract, mdef, tx, schedule, abstract_state = abstract_parts(config)
     shards = sizes["data"] * sizes["fsdp"]
     if task.batch_size % shards:
         raise ValueError(f"data.batch_size={task.batch_size} must be divisible by the mesh's "
                          f"data*fsdp size {shards}")
     tc = config.train
-    abstract = abstract_model(task.model_fn)
-    mdef = model_def(abstract)
-    decay_mask, groups = param_labels(abstract)
-    tx, schedule = make_optimizer(tc, decay_mask, groups,
-                                  trainable_of(tc, task.objective.trainable_groups))
     p_sh = param_shardings(abstract, mesh, rule_set,
                            strict=bool(config.mesh.get("strict_sharding", False)))
-    ema = float(task.ema_decay) > 0
-    abstract_state = jax.eval_shape(
-        lambda: fresh_state(task.model_fn(), mdef, tx, int(tc.seed), ema))
     st_sh = state_shardings(abstract_state, mesh, p_sh)
     state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                          abstract_state, st_sh)
@@ -127,6 +119,35 @@ def build_step(config, devices: Sequence | None = None, *, mesh_shape: dict | No
     jitted = jax.jit(step, in_shardings=(st_sh, batch_sh), out_shardings=(st_sh, None),
                      donate_argnums=0)
     return StepProgram(config, task, mesh, rule_set, abstract, state, batch, jitted)
+
+
+_PARTS: dict = {}
+
+
+def _abstract_parts(config):
+    tc = config.train
+    task = make_task(config, "", data=False)
+    abstract = abstract_model(task.model_fn)
+    mdef = model_def(abstract)
+    decay_mask, groups = param_labels(abstract)
+    tx, schedule = make_optimizer(tc, decay_mask, groups,
+                                  trainable_of(tc, task.objective.trainable_groups))
+    ema = float(task.ema_decay) > 0
+    abstract_state = jax.eval_shape(
+        lambda: fresh_state(task.model_fn(), mdef, tx, int(tc.seed), ema))
+    return task, abstract, mdef, tx, schedule, abstract_state
+
+
+def abstract_parts(config):
+    """(task without data, abstract module, ModelDef, optimizer, schedule, abstract train
+    state): the mesh-independent parts, cached per config content (the planner's mesh search
+    builds them once)."""
+    key = repr(config.to_dict())
+    if key not in _PARTS:
+        if len(_PARTS) >= 4:
+            _PARTS.pop(next(iter(_PARTS)))
+        _PARTS[key] = _abstract_parts(config)
+    return _PARTS[key]
 
 
 def lower_step(program: StepProgram, platforms: Sequence[str] | None = None):

@@ -210,18 +210,26 @@ def plan_of(program, topology: str, chip: Chip, rules: str) -> Plan:
                 n_devices=program.n_devices, vmem=vmem)
 
 
-def candidate_meshes(config, n: int):
-    """(data, fsdp, model) splits of ``n`` devices, the config's expert / mem sizes kept when
-    they divide ``n``; ordered by model then fsdp (the least communication first)."""
-    keep = {a: int(config.mesh.shape.get(a, 1)) for a in ("expert", "mem")}
-    keep = {a: s if s > 0 and n % s == 0 else 1 for a, s in keep.items()}
-    rest = n // math.prod(keep.values())
+def candidate_meshes(config, n: int, rules: str | None = None):
+    """data/fsdp/model (and mem / expert when the rules map a logical axis to them) splits of
+    ``n`` devices, ordered by the non-fsdp split then fsdp (the least communication first)."""
+    import itertools
+    from seedjax.sharding.rules import get_rules
+    used = set(get_rules(rules or config.mesh.rules).values())
+    sizes = (1, 2, 4, 8)
     out = []
-    for model in (1, 2, 4, 8):
+    for model, mem, expert in itertools.product(sizes, sizes, sizes):
+        if (mem > 1 and "mem" not in used) or (expert > 1 and "expert" not in used):
+            continue
+        split = model * mem * expert
+        if n % split:
+            continue
+        rest = n // split
         for fsdp in (f for f in range(1, rest + 1) if rest % f == 0):
-            if (rest // fsdp) % model == 0:
-                out.append({"data": rest // fsdp // model, "fsdp": fsdp, "model": model, **keep})
-    return out
+            out.append({"data": rest // fsdp, "fsdp": fsdp, "model": model, "expert": expert,
+                        "mem": mem})
+    return sorted(out, key=lambda m: (m["model"] * m["mem"] * m["expert"], m["model"],
+                                      m["fsdp"]))
 
 
 def suggest_mesh(config, topology: str, *, rules: str | None = None,
@@ -230,7 +238,7 @@ def suggest_mesh(config, topology: str, *, rules: str | None = None,
     batch and strict shardings divide), with its plan; (None, None) when none fits."""
     from seedjax.train import hardware
     n = hardware.n_devices(topology)
-    for mesh in candidate_meshes(config, n):
+    for mesh in candidate_meshes(config, n, rules):
         try:
             p = plan_for(config, topology, mesh_shape=mesh, rules=rules)
         except ValueError:
