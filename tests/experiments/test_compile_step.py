@@ -70,7 +70,7 @@ def test_fsdp_mesh_gathers_params(smoke_step):
 
 @needs_libtpu
 @pytest.mark.parametrize("spec, model", [
-    ("configs/lm.py:tiny", {}),
+    pytest.param("configs/lm.py:tiny", {}, marks=pytest.mark.slow),   # 30 s: suite time
     pytest.param("configs/lm.py:tiny", {"scan_layers": True, "remat": True},
                  marks=pytest.mark.slow),
     pytest.param("configs/lm.py:small", {}, marks=pytest.mark.slow),
