@@ -56,3 +56,16 @@ def test_smoke_trains(tmp_path, small_corpus):
 def test_bad_variant_names_the_allowed():
     with pytest.raises(ValueError, match="allowed"):
         get_config("big")
+
+
+@pytest.mark.slow   # ~30 s: a libtpu AOT compile
+def test_whole_train_step_compiles_for_a_tpu_slice():
+    """Every part at once compiles as one train step for TPU v5e-4 (data parallel over 4 chips:
+    gradients all-reduced) and fits the chip."""
+    import importlib.util
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu not installed (pip install 'jax[tpu]==0.10.2')")
+    from seedjax.train import aot, hardware
+    program = aot.build_step(get_config("smoke"), aot.tpu_devices("v5e:2x2"))
+    report, _ = aot.compile_step(program, hardware.CHIPS["v5e"])
+    assert report.fits and report.collectives["all-reduce"] >= 1
