@@ -147,7 +147,8 @@ def _flat(tree, prefix=""):
     return out
 
 
-def _versions() -> str:
+def package_versions() -> str:
+    """jax, jaxlib, flax and libtpu versions as one line (compile pages)."""
     import importlib.metadata as md
     vs = []
     for pkg in ("jax", "jaxlib", "flax", "libtpu"):
@@ -168,7 +169,7 @@ def render(rows: list[dict], *, tiny: bool, batch: int, seq: int, argv: list[str
     lines = [
         "# UltraMemV2 layer with row-sharded tables: TPU AOT compile (4 chips)", "",
         f"Command: `PYTHONPATH=. python {' '.join(argv)}` ({time.strftime('%Y-%m-%d')}).", "",
-        f"Versions: {_versions()}; Python {platform.python_version()}; compiled on a CPU-only "
+        f"Versions: {package_versions()}; Python {platform.python_version()}; compiled on a CPU-only "
         f"host ({platform.machine()}, {os.cpu_count()} cores) for libtpu topologies "
         + ", ".join(f"`{TOPOLOGIES[ch]}`" for ch in dict.fromkeys(r["chip"] for r in rows))
         + ". Nothing was executed on a TPU: this checks that the program compiles and what XLA "

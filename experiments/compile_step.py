@@ -30,6 +30,7 @@ from pathlib import Path
 from absl import flags
 
 from experiments import cli
+from experiments.compile_check import package_versions
 
 FLAGS = flags.FLAGS
 COMMAND = "python -m experiments.compile_step"
@@ -48,6 +49,19 @@ def define_flags() -> None:
     flags.DEFINE_string("table", None, "Render <dir>/*.json into <dir>.md and exit.")
 
 
+def load_target(config_spec: str | None, topology: str, mesh_text: str | None):
+    """(config with the command line's --config.* overrides, mesh dict or None) of a compile or
+    plan command; ValueError for a missing --config, an unknown topology or a bad --mesh."""
+    from experiments.cli import CONFIG_OVERRIDES
+    from experiments.overrides import load_config
+    from seedjax.train import hardware
+    if not config_spec:
+        raise ValueError("--config is required (e.g. configs/lm.py:smoke)")
+    hardware.resolve_topology(topology)
+    mesh = parse_mesh(mesh_text)
+    return load_config(config_spec, CONFIG_OVERRIDES), mesh
+
+
 def parse_mesh(text: str | None) -> dict | None:
     """"fsdp=-1,model=2" -> {"fsdp": -1, "model": 2} (other axes 1); ValueError otherwise."""
     if not text:
@@ -61,17 +75,6 @@ def parse_mesh(text: str | None) -> dict | None:
             raise ValueError(f"--mesh={text!r}: expected axis=size pairs such as "
                              "fsdp=-1,model=2") from None
     return out
-
-
-def versions() -> str:
-    import importlib.metadata as md
-    out = []
-    for pkg in ("jax", "jaxlib", "flax", "libtpu"):
-        try:
-            out.append(f"{pkg} {md.version(pkg)}")
-        except md.PackageNotFoundError:
-            out.append(f"{pkg} (not installed)")
-    return ", ".join(out)
 
 
 def run_one(config, topology: str, mesh: dict | None, rules: str | None, cuda: bool) -> dict:
@@ -145,7 +148,7 @@ def render_table(directory: str) -> str:
         f"--mesh <axes> --json {directory}/<name>.json`; the table: `{COMMAND} --table "
         f"{directory}`. Rows were compiled one at a time in the background on a shared "
         "2-core CPU host (libtpu compile-only topologies: nothing ran on a TPU).", "",
-        f"Versions: {versions()}; commit {_commit()}.", "",
+        f"Versions: {package_versions()}; commit {_commit()}.", "",
         "Per chip, from `compiled.memory_analysis()`: argument (state + batch), output (new "
         "state + metrics), alias (the donated state), temp; total = argument + output - alias "
         "+ temp. Planner = `experiments/plan.py`'s estimate for the same mesh (no compile). "
@@ -191,15 +194,9 @@ def main(argv):
         Path(out).write_text(render_table(FLAGS.table))
         print(f"wrote {out}")
         return
-    from experiments.cli import CONFIG_OVERRIDES
-    from experiments.overrides import load_config
     from seedjax.train import hardware
     with cli.expected_errors():
-        if not FLAGS.config:
-            raise ValueError("--config is required (e.g. configs/lm.py:smoke)")
-        hardware.resolve_topology(FLAGS.topology)
-        mesh = parse_mesh(FLAGS.mesh)
-        config = load_config(FLAGS.config, CONFIG_OVERRIDES)
+        config, mesh = load_target(FLAGS.config, FLAGS.topology, FLAGS.mesh)
         from seedjax.sharding.mesh import resolve_mesh_shape
         from seedjax.sharding.rules import get_rules
         resolve_mesh_shape(mesh if mesh is not None else dict(config.mesh.shape),
@@ -211,7 +208,7 @@ def main(argv):
         result = run_one(config, FLAGS.topology, mesh, FLAGS.rules, FLAGS.cuda)
     result.update(config=FLAGS.config, command=" ".join(["python -m experiments.compile_step",
                                                            *sys.argv[1:]]),
-                  wall_s=time.perf_counter() - t0, versions=versions())
+                  wall_s=time.perf_counter() - t0, versions=package_versions())
     print(render_result(result))
     if FLAGS.json:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)

@@ -32,16 +32,10 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    from experiments.cli import CONFIG_OVERRIDES
-    from experiments.compile_step import parse_mesh
-    from experiments.overrides import load_config
-    from seedjax.train import hardware, planner
+    from experiments.compile_step import load_target
+    from seedjax.train import planner
     with cli.expected_errors():
-        if not FLAGS.config:
-            raise ValueError("--config is required (e.g. configs/lm.py:smoke)")
-        hardware.resolve_topology(FLAGS.topology)
-        mesh = parse_mesh(FLAGS.mesh)
-        config = load_config(FLAGS.config, CONFIG_OVERRIDES)
+        config, mesh = load_target(FLAGS.config, FLAGS.topology, FLAGS.mesh)
         plan = planner.plan_for(config, FLAGS.topology, mesh_shape=mesh, rules=FLAGS.rules)
     suggestion = (planner.suggest_mesh(config, FLAGS.topology, rules=FLAGS.rules)
                   if FLAGS.suggest else (None, None))
