@@ -66,12 +66,14 @@ def test_memory_subcommand_tiny(tmp_path):
     assert set(result["models"]) == set(MODELS)
     assert len(result["rows"]) == 2 * len(MODELS)
     for row in result["rows"]:
-        for key in ("model", "batch", "time_s", "time_vs_dense", "decode_bytes_cost_model",
+        for key in ("model", "batch", "time_s", "time_vs_dense", "loop_time_s",
+                    "loop_time_vs_dense", "decode_bytes_cost_model",
                     "decode_bytes_observed_routing", "flops_per_step_module", "roofline_s"):
             assert key in row, key
         assert row["time_s"] > 0 and row["decode_bytes_cost_model"] > 0
+        assert row["loop_time_s"] > 0
         if row["model"] == "dense":
-            assert row["time_vs_dense"] == 1.0
+            assert row["time_vs_dense"] == 1.0 and row["loop_time_vs_dense"] == 1.0
         else:   # routing touches at most B * (slots per token) units
             assert 0 < row["touched_observed"] <= row["batch"] * 32
     m = result["models"]
@@ -83,3 +85,19 @@ def test_memory_subcommand_tiny(tmp_path):
     md = (tmp_path / "memory.md").read_text()
     assert "not the papers' GPU" in md and "| 2 | MoE |" in md
     assert (tmp_path / "memory.png").stat().st_size > 0
+
+
+def test_decode_loop_equals_one_call_per_step():
+    """The in-loop timing computes what one call per step computes (same outputs)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from experiments.bench_memory import _first, decode_loop
+    from seedjax.nn.memory.ultramem_v2 import UltraMemV2, UltraMemV2Config
+    layer = UltraMemV2(UltraMemV2Config(d_model=32, n_keys=8, k_dim=16, topk=8),
+                       rngs=nnx.Rngs(0))
+    xs = jax.random.normal(jax.random.key(1), (3, 2, 1, 32))
+    looped = nnx.jit(decode_loop)(layer, xs)
+    for i in range(3):
+        np.testing.assert_allclose(looped[i], _first(layer(xs[i])), rtol=1e-5, atol=1e-6)
