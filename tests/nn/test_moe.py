@@ -316,3 +316,36 @@ def test_config_errors_name_the_field():
     # defaults resolve: expert_dim = d_model // 2, shared_dim = expert_dim, capacity clipped to T
     c = MoEConfig(d_model=8, n_experts=4, top_k=2, capacity_factor=100.0)
     assert (c.expert_dim, c.shared_dim, c.capacity(10), SMALL.capacity(10)) == (4, 4, 10, None)
+
+
+@pytest.mark.parametrize("kernel", ["blocked", "ragged_dot"])
+def test_batch_sharded_dispatch_is_per_device_and_exact(kernel):
+    """Under a data x fsdp mesh (2 x 4 of the 8 test devices) with the batch sharded, each
+    device sorts only its own tokens ("batch_shards": the optimized HLO sorts [1, T k / 8]
+    rows; "global" sorts all T k) and outputs and aux losses equal the one-device call."""
+    import re
+
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from seedjax.sharding.mesh import make_mesh
+    x = jax.random.normal(jax.random.key(1), (8, 64, 32))
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    sorts = {}
+    for groups in ("batch_shards", "global"):
+        c = MoEConfig(d_model=32, n_experts=8, top_k=2, expert_dim=16, z_loss_coef=1e-3,
+                      grouped_matmul=kernel, dispatch_groups=groups)
+        model = MoEFFN(c, rngs=nnx.Rngs(0))
+        y0, aux0 = model(x)
+        gd, state = nnx.split(model)
+        fn = jax.jit(lambda st, v, gd=gd: nnx.merge(gd, st)(v))
+        with jax.set_mesh(mesh):
+            xs = jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"))))
+            y, aux = fn(state, xs)
+            hlo = fn.lower(state, xs).compile().as_text()
+        np.testing.assert_allclose(y, y0, rtol=1e-6, atol=1e-6)
+        for k in aux0:
+            np.testing.assert_allclose(aux[k], aux0[k], rtol=1e-5)
+        sorts[groups] = {int(np.prod([int(d) for d in s.split(",")]))
+                         for s in re.findall(r"\(s32\[([\d,]+)\]\S* s32\[[\d,]+\]\S*\) sort\(", hlo)}
+    assert sorts["batch_shards"] == {64 * 2}, sorts
+    assert sorts["global"] == {8 * 64 * 2}, sorts

@@ -12,6 +12,7 @@ import math
 from seedjax.validation import check_choice, check_int
 
 ROUTER_SCORES = ("softmax", "sigmoid")
+DISPATCH_GROUPS = ("batch_shards", "global")
 GROUPED_MATMULS = ("blocked", "blocked_sliced", "ragged_dot")
 
 
@@ -52,6 +53,13 @@ class MoEConfig:
         "ragged_dot" (``jax.lax.ragged_dot``; a native grouped GEMM on TPU/GPU, dense on CPU).
       block_size: rows per block of the "blocked" kernel (shrunk to the next power of two
         >= T k / E when experts get fewer rows on average).
+      dispatch_groups: "batch_shards" (default): under a ``jax.set_mesh`` mesh whose batch
+        axes ("data" x "fsdp") split the leading batch dim, each batch shard sorts and
+        dispatches its own tokens (per-device routing, as OLMoE / MaxText), so no device
+        holds the global batch's dispatch buffers; without such a mesh there is one group.
+        "global": one layout over all T tokens of the call wherever they live (under a
+        batch-sharded mesh XLA then gathers every token onto every device). Dropless
+        outputs are the same either way; with ``capacity_factor`` the capacity is per group.
       router_init_std / expert_init_std / out_init_std: None -> d_model**-0.5 (router and
         expert gate/up, fan-in) / F**-0.5 (expert down projections). Shared experts use
         expert_init_std and out_init_std too.
@@ -70,6 +78,7 @@ class MoEConfig:
     capacity_factor: float | None = None
     grouped_matmul: str = "blocked"
     block_size: int = 128
+    dispatch_groups: str = "batch_shards"
     router_init_std: float | None = None
     expert_init_std: float | None = None
     out_init_std: float | None = None
@@ -89,6 +98,7 @@ class MoEConfig:
                              f"{self.n_experts}]")
         check_choice("MoEConfig.router_score", self.router_score, ROUTER_SCORES)
         check_choice("MoEConfig.grouped_matmul", self.grouped_matmul, GROUPED_MATMULS)
+        check_choice("MoEConfig.dispatch_groups", self.dispatch_groups, DISPATCH_GROUPS)
         if not isinstance(self.normalize_topk_weights, bool):
             raise ValueError(f"MoEConfig.normalize_topk_weights={self.normalize_topk_weights!r} "
                              "must be True or False")

@@ -8,6 +8,14 @@ For x [..., d_model] flattened to T tokens:
               + Shared(x[t])                                 S always-on SwiGLU experts
     aux       = {"moe_load_balance": c_lb L_lb, "moe_z_loss": c_z L_z}
 
+Dispatch groups (``MoEConfig.dispatch_groups``): under a ``jax.set_mesh`` mesh whose batch axes
+("data" x "fsdp", G shards > 1) divide the leading batch dim of x [B, ..., d], the router and
+experts run once per batch shard (``jax.shard_map`` over those axes; the router and expert
+weights are gathered to every device, as FSDP does anyway), so each device sorts and
+dispatches only its own tokens. One layout over the global batch (``"global"``, or no such
+mesh) makes XLA gather every token onto every device: at fsdp = 8 each chip held the dispatch
+buffers of 8x its tokens. The losses below are still over all T tokens.
+
 S shared experts of width F_s are one SwiGLU of width S F_s (summing S SwiGLUs equals one
 with their hidden units concatenated). kept = False only for assignments dropped by a
 capacity (``capacity_factor``); dropless by default. L_lb and L_z (``router.py``) are over the
@@ -40,6 +48,24 @@ from seedjax.nn.mlp import SwiGLU
 from seedjax.nn.moe.config import MoEConfig
 from seedjax.nn.moe.experts import Experts
 from seedjax.nn.moe.router import Router, Routing, load_balance_loss, z_loss
+from seedjax.ops.token_shards import active_mesh, run_shard_map
+
+BATCH_MESH_AXES = ("data", "fsdp")   # the mesh axes of the "batch" logical axis (every preset)
+
+
+def dispatch_groups(x: jax.Array, mode: str = "batch_shards") -> tuple[int, tuple]:
+    """(G, mesh axes) of the dispatch groups of x [B, ..., d]: the batch shards of the active
+    mesh when they divide B (see the module docstring), else (1, ())."""
+    mesh = active_mesh()
+    if mode == "global" or mesh is None or x.ndim < 3:
+        return 1, ()
+    axes = tuple(a for a in BATCH_MESH_AXES if mesh.shape.get(a, 1) > 1)
+    g = 1
+    for a in axes:
+        g *= mesh.shape[a]
+    if g == 1 or x.shape[0] % g:
+        return 1, ()
+    return g, axes
 
 
 class MoEFFN(nnx.Module):
@@ -76,10 +102,29 @@ class MoEFFN(nnx.Module):
         return (r.weights.reshape(*lead, -1), r.experts.reshape(*lead, -1),
                 r.probs.reshape(*lead, -1))
 
+    def _grouped(self, x: jax.Array) -> tuple[jax.Array, Routing]:
+        """Routed experts per dispatch group: (y [T, d], routing with leading dim T)."""
+        c = self.config
+        g, axes = dispatch_groups(x, c.dispatch_groups)
+        if g == 1:
+            r = self._routing(x)
+            return self.experts(x.reshape(-1, c.d_model), r.experts, r.weights), r
+        gd, state = nnx.split((self.router, self.experts))
+
+        def per_shard(state, xl):            # xl: this shard's [B/G, ..., d]
+            router, experts = nnx.merge(gd, state)
+            r = router(xl.reshape(-1, c.d_model))
+            return experts(xl.reshape(-1, c.d_model), r.experts, r.weights), r
+
+        spec = jax.sharding.PartitionSpec(axes)
+        return run_shard_map(active_mesh(), per_shard, [state, x],
+                             (jax.sharding.PartitionSpec(), spec), spec, check_vma=False)
+
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict]:
         c = self.config
-        r = self._routing(x)
-        y = self.experts(x.reshape(-1, c.d_model), r.experts, r.weights)
+        if x.shape[-1] != c.d_model:
+            raise ValueError(f"MoEFFN input last dim {x.shape[-1]} != d_model={c.d_model}")
+        y, r = self._grouped(x)
         if self.shared is not None:
             y = y + self.shared(x).reshape(y.shape).astype(y.dtype)
         aux = {}
