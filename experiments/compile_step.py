@@ -47,6 +47,9 @@ def define_flags() -> None:
     flags.DEFINE_bool("cuda", False, "Also jax.export the step for platforms=['cuda'].")
     flags.DEFINE_string("json", None, "Write the result here (JSON).")
     flags.DEFINE_string("table", None, "Render <dir>/*.json into <dir>.md and exit.")
+    flags.DEFINE_bool("replan", False, "With --table: first redo every row's planner estimate "
+                      "with the current planner (abstract shapes from the row's own command, "
+                      "no compile) and store it in the row's JSON.")
 
 
 def load_target(config_spec: str | None, topology: str, mesh_text: str | None):
@@ -175,6 +178,39 @@ def render_table(directory: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def command_target(command: str):
+    """(config, topology, mesh dict or None, rules or None) rebuilt from a row's recorded
+    ``python -m experiments.compile_step ...`` command line."""
+    import shlex
+    from experiments.overrides import load_config, split_config_args
+    argv, overrides = split_config_args(shlex.split(command)[2:])
+    opts = {}
+    for arg in argv[1:]:
+        key, _, value = arg.lstrip("-").partition("=")
+        opts[key] = value
+    return (load_config(opts["config"], overrides), opts["topology"],
+            parse_mesh(opts.get("mesh")), opts.get("rules") or None)
+
+
+def replan_rows(directory: str) -> int:
+    """Recompute ``plan`` (``seedjax.train.planner.plan_for``) of every compiled row of
+    ``directory`` from its command; returns how many rows were updated."""
+    from seedjax.train import planner
+    done = 0
+    for path in sorted(Path(directory).glob("*.json")):
+        r = json.loads(path.read_text())
+        if "compiled" not in r or "command" not in r:
+            continue
+        config, topology, mesh, rules = command_target(r["command"])
+        r["plan"] = planner.plan_for(config, topology, mesh_shape=mesh, rules=rules).to_dict()
+        r["plan_commit"] = _commit()
+        path.write_text(json.dumps(r, indent=1, default=str))
+        done += 1
+        print(f"replanned {path.name}: {planner.fmt_bytes(r['plan']['total'])} vs compiled "
+              f"{planner.fmt_bytes(r['compiled']['total'])}", flush=True)
+    return done
+
+
 def _commit() -> str:
     import subprocess
     try:
@@ -190,6 +226,8 @@ def main(argv):
         with cli.expected_errors():
             if not Path(FLAGS.table).is_dir():
                 raise ValueError(f"--table={FLAGS.table!r} is not a directory of results")
+        if FLAGS.replan:
+            replan_rows(FLAGS.table)
         out = f"{FLAGS.table.rstrip('/')}.md"
         Path(out).write_text(render_table(FLAGS.table))
         print(f"wrote {out}")

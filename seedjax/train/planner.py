@@ -17,8 +17,16 @@ layers, over-encoding, loops) is covered without a per-architecture formula:
 * attention probabilities, float32: h T per token per layer (the scores are materialised;
   LM: attn_scores / (2 head_dim), DiT: attn_scores / (4 head_dim));
 * the loss: logits and their gradient, float32, 2 V per token (per loop for looped LMs);
+* hyper-connections (HC, mHC; n streams): the layer whose backward runs holds about six
+  float32 [n, d] stream buffers per token (the float32 read of H, the mixed residual, the new
+  state and their gradients): + 24 n d bytes per token (OLMo-1B SHC x4 on v5p-16: -27% without
+  it, -20% with it; FC's state is d wide and adds nothing measurable);
 * ``scan_layers``: the gradient of the stacked block parameters is one buffer the scan's
-  backward fills (not fused into the update): + the scanned parameters' bytes;
+  backward fills (not fused into the update): + the scanned parameters' bytes; stacked
+  parameters that no mesh axis splits (e.g. memory tables without a ``mem`` axis) under data
+  parallelism need a second full-size buffer, the all-reduce of that gradient: + their bytes
+  again (UltraMemV2-227M / 1B on v5p-16, value tables replicated: -27% / -13% without it,
+  -12% / +7% with it);
 * ``remat`` (scanned, rematerialised blocks): only the block inputs of every layer are kept,
   plus one layer's activations while its backward runs;
 * tensor parallelism divides the per-layer terms by the ``model`` axis; tokens per chip =
@@ -50,6 +58,7 @@ from seedjax.sharding.mesh import MESH_AXES
 from seedjax.train.hardware import Chip
 
 MIB, GIB = 2 ** 20, 2 ** 30
+STREAM_TEMPS = 6   # float32 [n, d] stream buffers of the HC layer whose backward runs
 VMEM = {"v5e": 128 * MIB, "v6e": 128 * MIB, "v5p": 64 * MIB, "v4": 16 * MIB}
 
 
@@ -163,6 +172,8 @@ def activation_bytes(task, mesh: dict) -> int:
     body = (cb * sum(comp.values()) / (2 * d) + 4 * probs) / model_split + cb * 2 * d * layers
     resid = cb * d * streams * layers
     per_token = (resid + body / layers if c_remat(c) else resid + body) + logits
+    if getattr(c, "connection", "residual") in ("hyper", "mhc"):
+        per_token += STREAM_TEMPS * 4 * streams * d / model_split
     return int(tokens * per_token)
 
 
@@ -195,17 +206,21 @@ def plan_of(program, topology: str, chip: Chip, rules: str) -> Plan:
     scan, remat = getattr(cfg, "scan_layers", False), getattr(cfg, "remat", False)
     # scanned blocks without remat stack their residuals [L, ...]: HBM buffers, no VMEM share
     vmem = VMEM.get(gen, 0) if tpu and (remat or not scan) else 0
-    scanned = 0
+    scanned = replicated = 0
     if scan:
         axes = param_metadata(program.abstract, "out_sharding", ())
-        scanned = int(sum(shard_bytes(x) for ax, x in zip(
-            jax.tree.leaves(axes, is_leaf=lambda a: isinstance(a, tuple)),
-            jax.tree.leaves(st["params"])) if "layers" in tuple(ax or ())))
+        stacked = [x for ax, x in zip(jax.tree.leaves(axes, is_leaf=lambda a: isinstance(a, tuple)),
+                                      jax.tree.leaves(st["params"])) if "layers" in tuple(ax or ())]
+        scanned = int(sum(shard_bytes(x) for x in stacked))
+        if mesh["data"] * mesh["fsdp"] > 1:   # data parallel: replicated grads are all-reduced
+            replicated = int(sum(shard_bytes(x) for x in stacked
+                                 if shard_bytes(x) == math.prod(x.shape) * np.dtype(x.dtype).itemsize))
     return Plan(topology=topology, chip=chip, mesh=mesh, rules=rules,
                 n_params=int(sum(math.prod(x.shape) for x in jax.tree.leaves(st["params"]))),
                 params=tree_bytes(st["params"]), opt_state=tree_bytes(st["opt_state"]),
                 other_state=tree_bytes(other), batch=tree_bytes(program.batch),
-                activations=act, hbm_activations=max(0, act - vmem), scan_grads=scanned,
+                activations=act, hbm_activations=max(0, act - vmem),
+                scan_grads=scanned + replicated,
                 flops_per_step=float(program.task.flops_per_step),
                 n_devices=program.n_devices, vmem=vmem)
 
@@ -265,7 +280,8 @@ def render(p: Plan, suggestion: tuple[dict | None, Any] = (None, None)) -> str:
         f"  optimizer state   {fmt_bytes(p.opt_state)}",
         f"  other state       {fmt_bytes(p.other_state)}  (EMA, model statistics, step, rng)",
         f"  batch             {fmt_bytes(p.batch)}",
-        f"  scanned grads     {fmt_bytes(p.scan_grads)}  (stacked gradient of scanned blocks)",
+        f"  scanned grads     {fmt_bytes(p.scan_grads)}  (stacked gradient of scanned blocks; "
+        "replicated ones twice)",
         f"  activations       {fmt_bytes(p.hbm_activations)} in HBM (estimate "
         f"{fmt_bytes(p.activations)}" + (f" less {fmt_bytes(p.vmem)} VMEM)" if p.vmem else ")"),
         f"  total             {fmt_bytes(p.total)} of {fmt_bytes(p.chip.hbm_bytes)}: "

@@ -150,3 +150,33 @@ def test_plan_cli_prints_every_part():
     for part in ("parameters", "optimizer state", "activations", "total", "FLOPs per step",
                  "roofline step time", "suggested mesh"):
         assert part in proc.stdout
+
+
+PAPER_ROWS = sorted((__import__("pathlib").Path(__file__).parents[2]
+                     / "results/compile/train_steps").glob("*.json"))
+
+
+def test_committed_paper_rows_planner_within_25_percent():
+    """Every compiled paper-scale row of results/compile/train_steps: the planner's per-chip
+    total (stored by --replan) is within 25% of the compiled total (the issue's bound)."""
+    import json
+    rows = [json.loads(p.read_text()) for p in PAPER_ROWS]
+    compiled = [r for r in rows if "compiled" in r]
+    assert len(compiled) >= 20
+    off = {r["config"]: round(r["plan"]["total"] / r["compiled"]["total"] - 1, 3)
+           for r in compiled if abs(r["plan"]["total"] / r["compiled"]["total"] - 1) > 0.25}
+    assert not off, off
+
+
+def test_replan_reproduces_a_committed_row(tmp_path):
+    """--replan rebuilds a row's target from its recorded command; the committed planner column
+    is what the current planner computes (so the table is not stale)."""
+    import json
+    import shutil
+
+    from experiments import compile_step
+    src = next(p for p in PAPER_ROWS if p.name == "race_dit__paper_b2_dense.json")
+    shutil.copy(src, tmp_path / src.name)
+    assert compile_step.replan_rows(str(tmp_path)) == 1
+    new, old = (json.loads(p.read_text())["plan"] for p in (tmp_path / src.name, src))
+    assert new == old
