@@ -14,6 +14,8 @@ layers, over-encoding, loops) is covered without a per-architecture formula:
   ``sum(component FLOPs) / (2 d)`` values in the compute dtype (attention projections: q, k, v
   and the attention output; SwiGLU: gate, up and their product), plus 2 d per layer (the
   two norm outputs) and d x streams per layer (the block input; hyper-connections: n streams);
+* Race-DiT MoE layers: the routers select over the whole batch and the (token, expert) pairs
+  form one global list, so the experts' rows count the batch's tokens, not the chip's;
 * attention probabilities, float32: h T per token per layer (the scores are materialised;
   LM: attn_scores / (2 head_dim), DiT: attn_scores / (4 head_dim));
 * the loss: logits and their gradient, float32, 2 V per token (per loop for looped LMs);
@@ -166,6 +168,10 @@ def activation_bytes(task, mesh: dict) -> int:
         hd = d // c.n_heads
         comp = {k: v / n for k, v in comp.items()}  # per token
         comp.pop("conditioning")
+        # the routers select over the whole batch and the selected pairs are one global list
+        # (static size B L k): every chip holds the expert rows of all batch shards' pairs
+        comp = {k: v * (batch_shards if k.startswith("moe_experts") else 1)
+                for k, v in comp.items()}
         probs = comp.pop("attn_scores") / (4 * hd)
         layers, streams = c.n_layers, 1
         logits = 2 * 4 * comp.pop("final") / (2 * d)
