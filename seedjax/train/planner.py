@@ -24,11 +24,12 @@ layers, over-encoding, loops) is covered without a per-architecture formula:
   state and their gradients): + 24 n d bytes per token (OLMo-1B SHC x4 on v5p-16: -27% without
   it, -20% with it; FC's state is d wide and adds nothing measurable);
 * ``scan_layers``: the gradient of the stacked block parameters is one buffer the scan's
-  backward fills (not fused into the update): + the scanned parameters' bytes; stacked
-  parameters that no mesh axis splits (e.g. memory tables without a ``mem`` axis) under data
-  parallelism need a second full-size buffer, the all-reduce of that gradient: + their bytes
-  again (UltraMemV2-227M / 1B on v5p-16, value tables replicated: -27% / -13% without it,
-  -12% / +7% with it);
+  backward fills (not fused into the update): + the scanned parameters' bytes;
+* parameters that no mesh axis splits (memory tables without a ``mem`` axis, small norms)
+  under data parallelism: their float32 gradient is kept whole for the all-reduce and the
+  forward reads a compute-dtype copy: + 1.75 x their bytes (measured: UltraMem-151M, tables
+  replicated, unscanned, and UltraMemV2-227M, scanned, both 1.74x on v5p-16; UltraMemV2-1B, at
+  94.7 of 95 GiB, compiles tighter: XLA rematerialises near the HBM limit);
 * ``remat`` (scanned, rematerialised blocks): only the block inputs of every layer are kept,
   plus one layer's activations while its backward runs;
 * tensor parallelism divides the per-layer terms by the ``model`` axis; tokens per chip =
@@ -42,8 +43,8 @@ This term is calibrated on the v5e compiles of configs/lm.py (smoke:
 temp 0; tiny: 8.8 MB of an estimated 37 MB); gradients do not appear: XLA fuses them into the
 in-place optimizer update of the donated state.
 
-Per chip total = state + batch + HBM activations. Roofline step time = max(FLOPs per step /
-(devices x peak), HBM traffic / bandwidth) with traffic = 2 x state (read + write) + 2 x
+Per chip total = state + batch + scanned and replicated gradient buffers + HBM activations.
+Roofline step time = max(FLOPs per step / (devices x peak), HBM traffic / bandwidth) with traffic = 2 x state (read + write) + 2 x
 activations (write forward, read backward); communication is not modelled, so MFU =
 compute time / step time is an upper bound.
 """
@@ -61,6 +62,7 @@ from seedjax.train.hardware import Chip
 
 MIB, GIB = 2 ** 20, 2 ** 30
 STREAM_TEMPS = 6   # float32 [n, d] stream buffers of the HC layer whose backward runs
+REPLICATED_COPIES = 1.75   # extra bytes per byte of a replicated parameter (data parallel)
 VMEM = {"v5e": 128 * MIB, "v6e": 128 * MIB, "v5p": 64 * MIB, "v4": 16 * MIB}
 
 
@@ -101,6 +103,7 @@ class Plan:
     flops_per_step: float
     n_devices: int
     vmem: int = 0
+    replicated_grads: int = 0  # gradient buffers of parameters no mesh axis splits
 
     @property
     def state(self) -> int:
@@ -108,7 +111,8 @@ class Plan:
 
     @property
     def total(self) -> int:
-        return self.state + self.batch + self.scan_grads + self.hbm_activations
+        return (self.state + self.batch + self.scan_grads + self.replicated_grads
+                + self.hbm_activations)
 
     @property
     def fits(self) -> bool:
@@ -215,18 +219,19 @@ def plan_of(program, topology: str, chip: Chip, rules: str) -> Plan:
     scanned = replicated = 0
     if scan:
         axes = param_metadata(program.abstract, "out_sharding", ())
-        stacked = [x for ax, x in zip(jax.tree.leaves(axes, is_leaf=lambda a: isinstance(a, tuple)),
-                                      jax.tree.leaves(st["params"])) if "layers" in tuple(ax or ())]
-        scanned = int(sum(shard_bytes(x) for x in stacked))
-        if mesh["data"] * mesh["fsdp"] > 1:   # data parallel: replicated grads are all-reduced
-            replicated = int(sum(shard_bytes(x) for x in stacked
-                                 if shard_bytes(x) == math.prod(x.shape) * np.dtype(x.dtype).itemsize))
+        scanned = int(sum(shard_bytes(x) for ax, x in zip(
+            jax.tree.leaves(axes, is_leaf=lambda a: isinstance(a, tuple)),
+            jax.tree.leaves(st["params"])) if "layers" in tuple(ax or ())))
+    if mesh["data"] * mesh["fsdp"] > 1:   # data parallel: replicated gradients are all-reduced
+        replicated = int(REPLICATED_COPIES * sum(
+            shard_bytes(x) for x in jax.tree.leaves(st["params"])
+            if shard_bytes(x) == math.prod(x.shape) * np.dtype(x.dtype).itemsize))
     return Plan(topology=topology, chip=chip, mesh=mesh, rules=rules,
                 n_params=int(sum(math.prod(x.shape) for x in jax.tree.leaves(st["params"]))),
                 params=tree_bytes(st["params"]), opt_state=tree_bytes(st["opt_state"]),
                 other_state=tree_bytes(other), batch=tree_bytes(program.batch),
                 activations=act, hbm_activations=max(0, act - vmem),
-                scan_grads=scanned + replicated,
+                scan_grads=scanned, replicated_grads=replicated,
                 flops_per_step=float(program.task.flops_per_step),
                 n_devices=program.n_devices, vmem=vmem)
 
@@ -286,8 +291,9 @@ def render(p: Plan, suggestion: tuple[dict | None, Any] = (None, None)) -> str:
         f"  optimizer state   {fmt_bytes(p.opt_state)}",
         f"  other state       {fmt_bytes(p.other_state)}  (EMA, model statistics, step, rng)",
         f"  batch             {fmt_bytes(p.batch)}",
-        f"  scanned grads     {fmt_bytes(p.scan_grads)}  (stacked gradient of scanned blocks; "
-        "replicated ones twice)",
+        f"  scanned grads     {fmt_bytes(p.scan_grads)}  (stacked gradient of scanned blocks)",
+        f"  replicated grads  {fmt_bytes(p.replicated_grads)}  (parameters no mesh axis splits: "
+        "gradient for the all-reduce, compute copy)",
         f"  activations       {fmt_bytes(p.hbm_activations)} in HBM (estimate "
         f"{fmt_bytes(p.activations)}" + (f" less {fmt_bytes(p.vmem)} VMEM)" if p.vmem else ")"),
         f"  total             {fmt_bytes(p.total)} of {fmt_bytes(p.chip.hbm_bytes)}: "
