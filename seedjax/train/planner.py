@@ -195,7 +195,7 @@ def moe_block_bytes(c, tokens: float, model_split: int) -> int:
     holds each block's expert weights gathered, [G, d, F] for the three matrices, and their
     gradient, in the compute dtype: 3 x 2 x G d F bytes, G blocks for this chip's tokens (one
     dispatch group per batch shard). 0 for other FFNs and kernels."""
-    if getattr(c, "ffn", None) != "moe":
+    if getattr(c, "ffn", None) != "moe" or not hasattr(c, "ffn_kwargs"):   # LM MoE only
         return 0
     from seedjax.nn.moe.config import MoEConfig
     from seedjax.nn.moe.experts import block_rows, n_blocks
