@@ -6,7 +6,8 @@ render ``results/compile/train_steps.md``.
       [--only ouro,race_dit] [--timeout_s 1800] &
 
 Per config: the smallest of --topologies whose plan (``seedjax.train.planner``, mesh
-fsdp=-1: every chip holds 1/n of the state) fits the chip's HBM; LMs train one 4096-token
+fsdp=-1: every chip holds 1/n of the state; for configs with memory or n-gram tables, if that
+does not fit, fsdp=n/4 x mem=4 with the fsdp_tp_mem rules) fits the chip's HBM; LMs train one 4096-token
 sequence per chip (data.batch_size = chips), Race-DiT its configured 256 images. Each compile
 runs ``experiments.compile_step`` in a subprocess with a time limit; a config that does not fit
 the largest slice, fails or runs out of time gets a "not compiled (reason)" row. Existing JSON
@@ -62,8 +63,29 @@ def _loads(mod, variant) -> bool:
         return False
 
 
-def choose(spec: str, topologies) -> tuple[str | None, list[str], dict | None]:
-    """(topology, config overrides, the plan's dict) of the smallest slice that fits."""
+MEM_SPLIT = 4   # chips a memory / n-gram table is split over when fsdp alone does not fit
+
+
+def has_tables(config) -> bool:
+    """True for configs with row tables the ``mem`` axis can split (memory layers, PKM-like
+    FFNs, over-encoding)."""
+    m = config.model
+    return (m.get("memory", "none") != "none" or m.get("ffn") in ("pkm", "peer", "memory_plus")
+            or m.get("embed") == "over_encoding")
+
+
+def meshes(config, n: int) -> list[tuple[dict, str | None]]:
+    """Candidate (mesh, rules) on n chips: fsdp over all chips with the config's rules; for
+    configs with tables also ``MEM_SPLIT`` chips of ``mem`` (rules fsdp_tp_mem)."""
+    out = [({"fsdp": -1}, None)]
+    if has_tables(config) and n % MEM_SPLIT == 0 and n > MEM_SPLIT:
+        out.append(({"fsdp": n // MEM_SPLIT, "mem": MEM_SPLIT}, "fsdp_tp_mem"))
+    return out
+
+
+def choose(spec: str, topologies):
+    """(topology, mesh, rules, config overrides, the plan's dict) of the smallest slice (and
+    on it the first of ``meshes``) that the planner says fits."""
     from experiments.overrides import load_config
     from seedjax.train import hardware, planner
     last = None
@@ -74,15 +96,16 @@ def choose(spec: str, topologies) -> tuple[str | None, list[str], dict | None]:
         if config.get("task", "lm") == "lm":
             config.data.batch_size = n
             overrides = [f"--config.data.batch_size={n}"]
-        try:
-            plan = planner.plan_for(config, topo, mesh_shape={"fsdp": -1})
-        except ValueError as e:
-            last = {"error": str(e)}
-            continue
-        last = plan.to_dict()
-        if plan.fits:
-            return topo, overrides, last
-    return None, [], last
+        for mesh, rules in meshes(config, n):
+            try:
+                plan = planner.plan_for(config, topo, mesh_shape=mesh, rules=rules)
+            except ValueError as e:
+                last = {"error": str(e)}
+                continue
+            last = plan.to_dict()
+            if plan.fits:
+                return topo, mesh, rules, overrides, last
+    return None, None, None, [], last
 
 
 def main(argv):
@@ -99,16 +122,18 @@ def main(argv):
         path = out / f"{name}.json"
         if path.exists():
             continue
-        topo, overrides, plan = choose(spec, FLAGS.topologies)
+        topo, mesh, rules, overrides, plan = choose(spec, FLAGS.topologies)
         row = {"config": spec, "plan": plan}
         if topo is None:
-            reason = (f"planner: does not fit {FLAGS.topologies[-1]} with fsdp over all chips"
+            reason = (f"planner: does not fit {FLAGS.topologies[-1]} with any mesh of `meshes`"
                       if plan and "total" in plan else f"plan failed: {plan}")
             path.write_text(json.dumps({**row, "topology": FLAGS.topologies[-1],
                                         "reason": reason}, indent=1))
             continue
+        mesh_text = ",".join(f"{a}={v}" for a, v in mesh.items())
         cmd = [sys.executable, "-m", "experiments.compile_step", f"--config={spec}",
-               f"--topology={topo}", "--mesh=fsdp=-1", f"--json={path}", *overrides]
+               f"--topology={topo}", f"--mesh={mesh_text}", f"--json={path}",
+               *([f"--rules={rules}"] if rules else []), *overrides]
         print(" ".join(cmd[1:]), flush=True)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FLAGS.timeout_s,
