@@ -28,11 +28,12 @@ layers, over-encoding, loops) is covered without a per-architecture formula:
   it, -20% with it; FC's state is d wide and adds nothing measurable);
 * ``scan_layers``: the gradient of the stacked block parameters is one buffer the scan's
   backward fills (not fused into the update): + the scanned parameters' bytes;
-* parameters that no mesh axis splits (memory tables without a ``mem`` axis, small norms)
-  under data parallelism: their float32 gradient is kept whole for the all-reduce and the
-  forward reads a compute-dtype copy: + 1.75 x their bytes (measured: UltraMem-151M, tables
-  replicated, unscanned, and UltraMemV2-227M, scanned, both 1.74x on v5p-16; UltraMemV2-1B, at
-  94.7 of 95 GiB, compiles tighter: XLA rematerialises near the HBM limit);
+* parameters that the batch axes (``data``, ``fsdp``) do not split (memory tables without a
+  ``mem`` axis or split only over ``mem``, small norms) under data parallelism: their float32
+  gradient shard is kept whole for the all-reduce and the forward reads a compute-dtype copy:
+  + 1.75 x their per-chip bytes (measured: UltraMem-151M, tables replicated, unscanned, and
+  UltraMemV2-227M, scanned, both 1.74x on v5p-16; UltraMemV2-1B, at 94.7 of 95 GiB, compiles
+  tighter: XLA rematerialises near the HBM limit);
 * ``remat`` (scanned, rematerialised blocks): only the block inputs of every layer are kept,
   plus one layer's activations while its backward runs;
 * tensor parallelism divides the per-layer terms by the ``model`` axis; tokens per chip =
@@ -65,7 +66,7 @@ from seedjax.train.hardware import Chip
 
 MIB, GIB = 2 ** 20, 2 ** 30
 STREAM_TEMPS = 6   # float32 [n, d] stream buffers of the HC layer whose backward runs
-REPLICATED_COPIES = 1.75   # extra bytes per byte of a replicated parameter (data parallel)
+REPLICATED_COPIES = 1.75   # extra bytes per byte of a parameter the batch axes do not split
 VMEM = {"v5e": 128 * MIB, "v6e": 128 * MIB, "v5p": 64 * MIB, "v4": 16 * MIB}
 
 
@@ -77,6 +78,15 @@ def shard_shape(sds) -> tuple:
     spec = tuple(sh.spec) + (None,) * (len(sds.shape) - len(sh.spec))
     return tuple(dim // math.prod(sh.mesh.shape[a] for a in ((e,) if isinstance(e, str) else e))
                  if e is not None else dim for dim, e in zip(sds.shape, spec))
+
+
+def split_over(sds, axes) -> bool:
+    """True if any of the mesh ``axes`` (size > 1) splits some dimension of ``sds``."""
+    sh = getattr(sds, "sharding", None)
+    if sh is None:
+        return False
+    used = {a for e in sh.spec if e is not None for a in ((e,) if isinstance(e, str) else e)}
+    return any(a in used and sh.mesh.shape[a] > 1 for a in axes)
 
 
 def shard_bytes(sds) -> int:
@@ -106,7 +116,7 @@ class Plan:
     flops_per_step: float
     n_devices: int
     vmem: int = 0
-    replicated_grads: int = 0  # gradient buffers of parameters no mesh axis splits
+    replicated_grads: int = 0  # gradient buffers of parameters the batch axes do not split
 
     @property
     def state(self) -> int:
@@ -242,10 +252,10 @@ def plan_of(program, topology: str, chip: Chip, rules: str) -> Plan:
         scanned = int(sum(shard_bytes(x) for ax, x in zip(
             jax.tree.leaves(axes, is_leaf=lambda a: isinstance(a, tuple)),
             jax.tree.leaves(st["params"])) if "layers" in tuple(ax or ())))
-    if mesh["data"] * mesh["fsdp"] > 1:   # data parallel: replicated gradients are all-reduced
-        replicated = int(REPLICATED_COPIES * sum(
+    if mesh["data"] * mesh["fsdp"] > 1:   # data parallel: gradients not split over the
+        replicated = int(REPLICATED_COPIES * sum(   # batch axes are all-reduced whole
             shard_bytes(x) for x in jax.tree.leaves(st["params"])
-            if shard_bytes(x) == math.prod(x.shape) * np.dtype(x.dtype).itemsize))
+            if not split_over(x, ("data", "fsdp"))))
     return Plan(topology=topology, chip=chip, mesh=mesh, rules=rules,
                 n_params=int(sum(math.prod(x.shape) for x in jax.tree.leaves(st["params"]))),
                 params=tree_bytes(st["params"]), opt_state=tree_bytes(st["opt_state"]),
@@ -312,8 +322,8 @@ def render(p: Plan, suggestion: tuple[dict | None, Any] = (None, None)) -> str:
         f"  other state       {fmt_bytes(p.other_state)}  (EMA, model statistics, step, rng)",
         f"  batch             {fmt_bytes(p.batch)}",
         f"  scanned grads     {fmt_bytes(p.scan_grads)}  (stacked gradient of scanned blocks)",
-        f"  replicated grads  {fmt_bytes(p.replicated_grads)}  (parameters no mesh axis splits: "
-        "gradient for the all-reduce, compute copy)",
+        f"  replicated grads  {fmt_bytes(p.replicated_grads)}  (parameters the batch axes do "
+        "not split: gradient for the all-reduce, compute copy)",
         f"  activations       {fmt_bytes(p.hbm_activations)} in HBM (estimate "
         f"{fmt_bytes(p.activations)}" + (f" less {fmt_bytes(p.vmem)} VMEM)" if p.vmem else ")"),
         f"  total             {fmt_bytes(p.total)} of {fmt_bytes(p.chip.hbm_bytes)}: "
