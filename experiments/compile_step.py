@@ -151,7 +151,8 @@ def render_table(directory: str) -> str:
         f"--mesh <axes> --json {directory}/<name>.json`; the table: `{COMMAND} --table "
         f"{directory}`. Rows were compiled one at a time in the background on a shared "
         "2-core CPU host (libtpu compile-only topologies: nothing ran on a TPU).", "",
-        f"Versions: {package_versions()}; commit {_commit()}.", "",
+        f"Versions: {package_versions()}. Table and planner column (`--replan`) rendered at "
+        f"commit {_commit()}; each row's JSON holds the command that compiled it.", "",
         "Per chip, from `compiled.memory_analysis()`: argument (state + batch), output (new "
         "state + metrics), alias (the donated state), temp; total = argument + output - alias "
         "+ temp. Planner = `experiments/plan.py`'s estimate for the same mesh (no compile). "
