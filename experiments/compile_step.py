@@ -197,14 +197,14 @@ def replan_rows(directory: str) -> int:
     """Recompute ``plan`` (``seedjax.train.planner.plan_for``) of every compiled row of
     ``directory`` from its command; returns how many rows were updated."""
     from seedjax.train import planner
-    done = 0
+    done, commit = 0, _commit()
     for path in sorted(Path(directory).glob("*.json")):
         r = json.loads(path.read_text())
         if "compiled" not in r or "command" not in r:
             continue
         config, topology, mesh, rules = command_target(r["command"])
         r["plan"] = planner.plan_for(config, topology, mesh_shape=mesh, rules=rules).to_dict()
-        r["plan_commit"] = _commit()
+        r["plan_commit"] = commit
         path.write_text(json.dumps(r, indent=1, default=str))
         done += 1
         print(f"replanned {path.name}: {planner.fmt_bytes(r['plan']['total'])} vs compiled "

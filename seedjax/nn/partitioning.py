@@ -13,6 +13,8 @@ from typing import Iterator, Mapping, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+BATCH_AXES = ("data", "fsdp")   # the mesh axes the "batch" logical axis maps to (every preset)
+
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("seedjax_activation_rules", default=None)
 
 

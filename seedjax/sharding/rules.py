@@ -34,9 +34,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from seedjax.nn.params import param_metadata
-from seedjax.nn.partitioning import logical_to_spec
+from seedjax.nn.partitioning import BATCH_AXES, logical_to_spec
 
-_BATCH = {"batch": ("data", "fsdp")}
+_BATCH = {"batch": BATCH_AXES}
 PRESETS: dict[str, dict[str, Any]] = {
     "dp": {**_BATCH},
     "fsdp": {**_BATCH, "embed": "fsdp"},

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from seedjax.nn.partitioning import activation_rules
+from seedjax.nn.partitioning import BATCH_AXES, activation_rules
 from seedjax.sharding.mesh import make_mesh, resolve_mesh_shape
 from seedjax.sharding.rules import get_rules, param_shardings
 from seedjax.train.hardware import Chip
@@ -38,7 +38,7 @@ from seedjax.train.state import (abstract_model, fresh_state, model_def, param_l
 from seedjax.train.step import make_train_step
 from seedjax.train.tasks import make_task
 
-BATCH_SPEC = PartitionSpec(("data", "fsdp"))   # as the trainer: the batch over data x fsdp
+BATCH_SPEC = PartitionSpec(BATCH_AXES)   # as the trainer: the batch over data x fsdp
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from seedjax.nn.partitioning import activation_rules
+from seedjax.nn.partitioning import BATCH_AXES, activation_rules
 from seedjax.sharding.mesh import make_mesh
 from seedjax.sharding.multihost import global_batch
 from seedjax.sharding.rules import get_rules, param_shardings
@@ -87,7 +87,7 @@ class Trainer:
         self.p_shardings = param_shardings(abstract, self.mesh, self.rules, strict=strict)
 
         self.data = self.task.data
-        self.batch_spec = PartitionSpec(("data", "fsdp"))
+        self.batch_spec = PartitionSpec(BATCH_AXES)
         eval_seen = tc.get("eval_seen")   # None: auto, on when the run repeats its data
         self.eval_seen = (self.total_steps > self.data.steps_per_epoch if eval_seen is None
                           else bool(eval_seen)) and hasattr(self.task, "seen_batches")

@@ -48,9 +48,9 @@ temp 0; tiny: 8.8 MB of an estimated 37 MB); gradients do not appear: XLA fuses 
 in-place optimizer update of the donated state.
 
 Per chip total = state + batch + scanned and replicated gradient buffers + HBM activations.
-Roofline step time = max(FLOPs per step / (devices x peak), HBM traffic / bandwidth) with traffic = 2 x state (read + write) + 2 x
-activations (write forward, read backward); communication is not modelled, so MFU =
-compute time / step time is an upper bound.
+Roofline step time = max(FLOPs per step / (devices x peak), HBM traffic / bandwidth) with
+traffic = 2 x state (read + write) + 2 x activations (write forward, read backward);
+communication is not modelled, so MFU = compute time / step time is an upper bound.
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from seedjax.nn.partitioning import BATCH_AXES
 from seedjax.sharding.mesh import MESH_AXES
 from seedjax.train.hardware import Chip
 
@@ -76,8 +77,13 @@ def shard_shape(sds) -> tuple:
     if sh is None:
         return tuple(sds.shape)
     spec = tuple(sh.spec) + (None,) * (len(sds.shape) - len(sh.spec))
-    return tuple(dim // math.prod(sh.mesh.shape[a] for a in ((e,) if isinstance(e, str) else e))
-                 if e is not None else dim for dim, e in zip(sds.shape, spec))
+    return tuple(dim // math.prod(sh.mesh.shape[a] for a in _entry_axes(e))
+                 for dim, e in zip(sds.shape, spec))
+
+
+def _entry_axes(entry) -> tuple:
+    """Mesh axes of one PartitionSpec entry (None, a name or a tuple of names)."""
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def split_over(sds, axes) -> bool:
@@ -85,7 +91,7 @@ def split_over(sds, axes) -> bool:
     sh = getattr(sds, "sharding", None)
     if sh is None:
         return False
-    used = {a for e in sh.spec if e is not None for a in ((e,) if isinstance(e, str) else e)}
+    used = {a for e in sh.spec for a in _entry_axes(e)}
     return any(a in used and sh.mesh.shape[a] > 1 for a in axes)
 
 
@@ -255,7 +261,7 @@ def plan_of(program, topology: str, chip: Chip, rules: str) -> Plan:
     if mesh["data"] * mesh["fsdp"] > 1:   # data parallel: gradients not split over the
         replicated = int(REPLICATED_COPIES * sum(   # batch axes are all-reduced whole
             shard_bytes(x) for x in jax.tree.leaves(st["params"])
-            if not split_over(x, ("data", "fsdp"))))
+            if not split_over(x, BATCH_AXES)))
     return Plan(topology=topology, chip=chip, mesh=mesh, rules=rules,
                 n_params=int(sum(math.prod(x.shape) for x in jax.tree.leaves(st["params"]))),
                 params=tree_bytes(st["params"]), opt_state=tree_bytes(st["opt_state"]),

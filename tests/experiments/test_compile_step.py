@@ -10,6 +10,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import pytest
@@ -152,8 +153,7 @@ def test_plan_cli_prints_every_part():
         assert part in proc.stdout
 
 
-PAPER_ROWS = sorted((__import__("pathlib").Path(__file__).parents[2]
-                     / "results/compile/train_steps").glob("*.json"))
+PAPER_ROWS = sorted((Path(__file__).parents[2] / "results/compile/train_steps").glob("*.json"))
 
 
 # Compiled rows the planner misses by more than 25%, with the reason (the test fails when the

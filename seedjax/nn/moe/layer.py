@@ -40,6 +40,8 @@ Shapes: x [..., d_model] -> (y [..., d_model], aux {name: scalar float32});
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -48,24 +50,20 @@ from seedjax.nn.mlp import SwiGLU
 from seedjax.nn.moe.config import MoEConfig
 from seedjax.nn.moe.experts import Experts
 from seedjax.nn.moe.router import Router, Routing, load_balance_loss, z_loss
+from seedjax.nn.partitioning import BATCH_AXES
 from seedjax.ops.token_shards import active_mesh, run_shard_map
 
-BATCH_MESH_AXES = ("data", "fsdp")   # the mesh axes of the "batch" logical axis (every preset)
-
-
-def dispatch_groups(x: jax.Array, mode: str = "batch_shards") -> tuple[int, tuple]:
-    """(G, mesh axes) of the dispatch groups of x [B, ..., d]: the batch shards of the active
-    mesh when they divide B (see the module docstring), else (1, ())."""
+def dispatch_groups(x: jax.Array, mode: str = "batch_shards"):
+    """(mesh, batch axes) the dispatch of x [B, ..., d] runs per shard of: the active mesh's
+    batch axes when their shards (> 1) divide B (see the module docstring), else (None, ())."""
     mesh = active_mesh()
     if mode == "global" or mesh is None or x.ndim < 3:
-        return 1, ()
-    axes = tuple(a for a in BATCH_MESH_AXES if mesh.shape.get(a, 1) > 1)
-    g = 1
-    for a in axes:
-        g *= mesh.shape[a]
+        return None, ()
+    axes = tuple(a for a in BATCH_AXES if mesh.shape.get(a, 1) > 1)
+    g = math.prod(mesh.shape[a] for a in axes)
     if g == 1 or x.shape[0] % g:
-        return 1, ()
-    return g, axes
+        return None, ()
+    return mesh, axes
 
 
 class MoEFFN(nnx.Module):
@@ -105,19 +103,22 @@ class MoEFFN(nnx.Module):
     def _grouped(self, x: jax.Array) -> tuple[jax.Array, Routing]:
         """Routed experts per dispatch group: (y [T, d], routing with leading dim T)."""
         c = self.config
-        g, axes = dispatch_groups(x, c.dispatch_groups)
-        if g == 1:
-            r = self._routing(x)
-            return self.experts(x.reshape(-1, c.d_model), r.experts, r.weights), r
+
+        def routed(router, experts, xs):     # xs: the group's tokens [..., d]
+            flat = xs.reshape(-1, c.d_model)
+            r = router(flat)
+            return experts(flat, r.experts, r.weights), r
+
+        mesh, axes = dispatch_groups(x, c.dispatch_groups)
+        if mesh is None:
+            return routed(self.router, self.experts, x)
         gd, state = nnx.split((self.router, self.experts))
 
         def per_shard(state, xl):            # xl: this shard's [B/G, ..., d]
-            router, experts = nnx.merge(gd, state)
-            r = router(xl.reshape(-1, c.d_model))
-            return experts(xl.reshape(-1, c.d_model), r.experts, r.weights), r
+            return routed(*nnx.merge(gd, state), xl)
 
         spec = jax.sharding.PartitionSpec(axes)
-        return run_shard_map(active_mesh(), per_shard, [state, x],
+        return run_shard_map(mesh, per_shard, [state, x],
                              (jax.sharding.PartitionSpec(), spec), spec, check_vma=False)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict]:
