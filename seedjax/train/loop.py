@@ -320,6 +320,11 @@ class Trainer:
             self.ckpt.wait()
             if self._bar is not None:
                 self._bar.close()
+        if status == "completed" and start == self.total_steps:
+            # resumed at the final step (killed after its last checkpoint, before reporting):
+            # nothing left to train, but the summary still carries the final evaluation
+            with jax.set_mesh(self.mesh), activation_rules(self.mesh, self.rules):
+                self.last_eval = self.evaluate(self.eval_params())
         self.writer.close()
         png = None
         if jax.process_index() == 0 and os.path.exists(self.writer.path):

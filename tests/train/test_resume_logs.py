@@ -78,3 +78,13 @@ def test_resume_with_clipping_turned_on_keeps_optimizer_state(tmp_path, small_co
         assert summary["status"] == "completed" and summary["step"] == steps
         assert int(t.state["opt_state"][1].count) == steps
         assert t.ckpt.read_meta(steps)["config"]["train"]["grad_clip"] == clip
+
+
+def test_rerun_of_a_finished_run_reports_its_final_evaluation(tmp_path, small_corpus):
+    """A run resumed at its final step (killed after the last checkpoint, before its caller
+    read the summary) trains nothing and reports the same final val loss as the first run."""
+    cfg = smoke_config(small_corpus, steps=2, eval_every=100, log_every=2, warmup_steps=1)
+    first = Trainer(cfg, str(tmp_path), progress=False).run()
+    again = Trainer(cfg, str(tmp_path), progress=False).run()
+    assert again["status"] == "completed" and again["step"] == 2
+    assert again["val"]["loss"] == first["val"]["loss"]
