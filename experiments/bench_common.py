@@ -19,6 +19,13 @@ def machine() -> dict:
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def on_cpu(result: dict) -> bool:
+    """Whether a benchmark result (its ``device_kind``, or its ``machine`` dict's) came from a CPU
+    backend: the markdown's caveats differ between a CPU and an accelerator."""
+    kind = result.get("device_kind") or result.get("machine", {}).get("device_kind", "")
+    return kind.lower() == "cpu"
+
+
 def write_result(out_dir: str, name: str, result: dict, md: list) -> None:
     """Writes <out_dir>/<name>.json and <name>.md and prints the markdown."""
     os.makedirs(out_dir, exist_ok=True)

@@ -14,6 +14,7 @@ import time
 
 from experiments.bench_common import machine as _machine
 from experiments.bench_common import median_time as _median_time
+from experiments.bench_common import on_cpu
 from experiments.bench_common import write_result as _write
 
 
@@ -437,6 +438,21 @@ def _shape_str(name, cfg):
     return s + f", IVE E={cfg['expand']}"
 
 
+def _platform_caveat(r) -> str:
+    if on_cpu(r):
+        return ("**CPU caveat.** These timings are from a CPU, not the papers' GPU regime, where "
+                "a decode step is bound by HBM bandwidth. On a CPU, caches can keep part of the "
+                "weights between steps, the retrieval's top-k, gathers and small ops pay XLA:CPU "
+                "per-op overheads that fused GPU kernels avoid, and this machine is shared with "
+                "other jobs. The byte counts are the portable part: they are the weight bytes a "
+                "decode step must read, on any hardware.")
+    return (f"**Accelerator caveat.** At this size one layer's decode step reads a few MB, "
+            f"microseconds at the measured bandwidth (the roofline column), so on "
+            f"{r['device_kind']} the times measure kernel launches and XLA's per-op work, i.e. "
+            "how many ops a layer runs, not its bytes: a model of many such layers, or a wider "
+            "one, moves toward the roofline. The byte counts are the portable part.")
+
+
 def _memory_markdown(r) -> list:
     mb = lambda x: "n/a" if x is None else f"{x / 1e6:.2f}"
     ratio = lambda x: "n/a" if x is None else f"{x:.2f}x"
@@ -449,12 +465,7 @@ def _memory_markdown(r) -> list:
           "(shared machine).",
           f"Measured in this run: 1024^3 f32 matmul {r['matmul_1024_f32_flops'] / 1e9:.1f} "
           f"GFLOP/s, streaming read {r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s.", "",
-          "**CPU caveat.** These timings are from a CPU, not the papers' GPU regime, where a "
-          "decode step is bound by HBM bandwidth. On a CPU, caches can keep part of the weights "
-          "between steps, the retrieval's top-k, gathers and small ops pay XLA:CPU per-op "
-          "overheads that fused GPU kernels avoid, and this machine is shared with other jobs. "
-          "The byte counts are the portable part: they are the weight bytes a decode step must "
-          "read, on any hardware.", "",
+          _platform_caveat(r), "",
           f"One layer at d={r['d_model']}, {r['dtype']} ({r['bytes_per_param']} bytes/param). "
           f"Sparse layers are designed so that activated FLOPs/token match the dense FFN's and "
           f"total params are about {r['param_ratio_target']:g}x the dense FFN's "

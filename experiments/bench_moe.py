@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 
 from experiments.bench_common import machine as _machine
+from experiments.bench_common import on_cpu
 from experiments.bench_common import write_result as _write
 from experiments.bench_over_encoding import _stats  # median / p10 / p90 of a list of times
 
@@ -184,8 +185,11 @@ def _markdown(r: dict) -> list[str]:
     md += ["", "model GFLOP = 3 x the forward matmul FLOPs of the selected pairs (equal for every "
            "arm: k 4 d F = 16 d^2 per token); XLA GFLOP = `cost_analysis()` of the compiled step "
            "(blocked: padding rows counted; dense_masked: all E experts on all tokens; "
-           "ragged_dot on CPU: XLA's dense lowering). Ratios are of medians in this one run on a "
-           "shared CPU; single cells can move by tens of percent between runs."]
+           + ("ragged_dot on CPU: XLA's dense lowering). " if on_cpu(r) else
+              "ragged_dot: XLA's grouped GEMM, for which `cost_analysis()` gives no meaningful "
+              "count). ")
+           + "Ratios are of medians in this one run on a shared host; single cells can move by "
+           "tens of percent between runs."]
     return md + _reading(r)
 
 
@@ -216,9 +220,12 @@ def _reading(r: dict) -> list[str]:
                    f"(XLA FLOPs {_span(by['dense_masked'], 'xla_over_model')} the model FLOPs, "
                    "i.e. E / k).")
     if "ragged_dot" in by:
-        out.append(f"* **ragged_dot**: {_span(by['ragged_dot'], 'ratio_to_dense')} the dense MLP "
-                   f"on this CPU, whose XLA lowers `jax.lax.ragged_dot` to a dense matmul over "
-                   f"all E experts (XLA FLOPs {_span(by['ragged_dot'], 'xla_over_model')} the "
-                   "model FLOPs). It is the grouped GEMM of TPU/GPU; this run does not measure "
-                   "those.")
+        span = _span(by['ragged_dot'], 'ratio_to_dense')
+        out.append(f"* **ragged_dot**: {span} the dense MLP on this CPU, whose XLA lowers "
+                   "`jax.lax.ragged_dot` to a dense matmul over all E experts (XLA FLOPs "
+                   f"{_span(by['ragged_dot'], 'xla_over_model')} the model FLOPs). It is the "
+                   "grouped GEMM of TPU/GPU; this run does not measure those." if on_cpu(r) else
+                   f"* **ragged_dot**: {span} the dense MLP and "
+                   f"{_span(by['ragged_dot'], 'ratio_to_dense_masked')} the dense masked "
+                   f"experts on {r['device_kind']}, where it is XLA's grouped GEMM.")
     return out

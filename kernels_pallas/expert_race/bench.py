@@ -116,9 +116,12 @@ def render(result: dict) -> list[str]:
           "",
           "Median wall ms of one call (after a warm-up), and in brackets the ratio to "
           "`lax.top_k` of the flattened scores in the same run. Scores are standard normal "
-          "(no ties), K = B L k. The Pallas kernel is **not** in this table: on a CPU it runs "
-          "only under the Pallas interpreter, which times the interpreter, not the kernel "
-          "(its numerics are tested; its TPU compile is in "
+          "(no ties), K = B L k. The Pallas kernel is **not** in this table: "
+          + ("on a CPU it runs only under the Pallas interpreter, which times the interpreter, "
+             "not the kernel " if m["device_kind"].lower() == "cpu" else
+             "it is a TPU (Mosaic) kernel, so on this device its algorithm runs as the XLA ops "
+             "of the 'racing threshold' column ")
+          + "(its numerics are tested; its TPU compile is in "
           "results/kernels/expert_race_tpu_compile.md).",
           "",
           "| spec | shape | K | " + " | ".join(names) + " | approx_max_k recall |",
