@@ -9,6 +9,11 @@ Presets (``mesh.rules``):
   DiT's fused qkv (the default).
 * ``fsdp_tp_mem``: + memory tables' and over-encoding n-gram tables' rows over "mem", MoE experts
   (LM and DiT) over "expert".
+* ``fsdp_tp_tables``: ``fsdp_tp_mem`` with the table rows over ("fsdp", "mem"): each chip holds
+  1 / (fsdp x mem) of every memory / n-gram table and its optimizer moments, and no table
+  gradient is kept whole for a data-parallel all-reduce (XLA partitions the gathers: masked
+  local reads, reduced over both axes). For tables too big for ``mem`` alone
+  (UltraMem-1.6B: 21.4B table parameters).
 
 Every logical name a model uses is either mapped by some preset (``MAPPED``) or listed in
 ``REPLICATED`` with the reason it stays whole; ``tests/sharding/test_golden_shardings.py`` fails
@@ -45,6 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 PRESETS["fsdp_tp_mem"] = {**PRESETS["fsdp_tp"], "mem_rows": "mem", "ngram_rows": "mem",
                           "expert": "expert"}
+PRESETS["fsdp_tp_tables"] = {**PRESETS["fsdp_tp_mem"], "mem_rows": ("fsdp", "mem"),
+                             "ngram_rows": ("fsdp", "mem")}
 
 # Logical names mapped to a mesh axis by at least one preset.
 MAPPED = frozenset(k for rules in PRESETS.values() for k in rules)
