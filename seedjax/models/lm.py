@@ -198,6 +198,15 @@ class LayerStack(nnx.Module):
                                               memory_tables=tables, memory_unit=unit, tap=tap)
         return (jax.checkpoint(run) if self.remat else run)(state, H, cache)
 
+    def _memory(self, memory, x, tables, unit):
+        """A skip-layer memory unit (read at block k, added after block v); under ``remat`` it is
+        recomputed in the backward like the blocks, so its gathered value rows [t, K, v_dim]
+        are not kept from the forward (UltraMem-1.6B: the largest activations of the step)."""
+        if not self.remat:
+            return call_memory(memory, x, tables, unit)
+        gd, st = nnx.split(memory)
+        return jax.checkpoint(lambda st, x: call_memory(nnx.merge(gd, st), x, tables, unit))(st, x)
+
     def __call__(self, H, *, positions=None, cache=None, return_intermediates=False,
                  memory_tables=None):
         """-> (H, caches, summed aux losses, intermediates). Intermediates (on request):
@@ -224,7 +233,7 @@ class LayerStack(nnx.Module):
                     taps[i] = r.pop("ffn_input")
                 for (k, v, u), memory in zip(self.skip_pairs, self.skip_memories):
                     if v == i:
-                        y_mem, aux_mem = call_memory(memory, taps[k], memory_tables, u)
+                        y_mem, aux_mem = self._memory(memory, taps[k], memory_tables, u)
                         H = H + y_mem.astype(H.dtype)
                         aux = _add_aux(aux, aux_mem)
                 new_caches.append(c)

@@ -34,6 +34,9 @@ layers, over-encoding, loops) is covered without a per-architecture formula:
   + 1.75 x their per-chip bytes (measured: UltraMem-151M, tables replicated, unscanned, and
   UltraMemV2-227M, scanned, both 1.74x on v5p-16; UltraMemV2-1B, at 94.7 of 95 GiB, compiles
   tighter: XLA rematerialises near the HBM limit);
+* UltraMem value rows (``memory_rows_bytes``): XLA's embedding bag gathers each unit's
+  [t, heads x topk, v_dim] rows and keeps them for the backward, 6 bytes per value per unit
+  plus a float32 gradient for one unit (UltraMem-680M on v5p-16: -35% without it);
 * ``remat`` (scanned, rematerialised blocks): only the block inputs of every layer are kept,
   plus one layer's activations while its backward runs;
 * tensor parallelism divides the per-layer terms by the ``model`` axis; tokens per chip =
@@ -68,6 +71,7 @@ from seedjax.train.hardware import Chip
 MIB, GIB = 2 ** 20, 2 ** 30
 STREAM_TEMPS = 6   # float32 [n, d] stream buffers of the HC layer whose backward runs
 REPLICATED_COPIES = 1.75   # extra bytes per byte of a parameter the batch axes do not split
+ROW_BYTES_KEPT, ROW_BYTES_GRAD = 6, 4   # per gathered value: f32 + bf16 kept; f32 gradient
 VMEM = {"v5e": 128 * MIB, "v6e": 128 * MIB, "v5p": 64 * MIB, "v4": 16 * MIB}
 
 
@@ -203,7 +207,24 @@ def activation_bytes(task, mesh: dict) -> int:
     per_token = (resid + body / layers if c_remat(c) else resid + body) + logits
     if getattr(c, "connection", "residual") in ("hyper", "mhc"):
         per_token += STREAM_TEMPS * 4 * streams * d / model_split
-    return int(tokens * per_token) + moe_block_bytes(c, tokens, model_split)
+    return (int(tokens * per_token) + moe_block_bytes(c, tokens, model_split)
+            + memory_rows_bytes(c, tokens))
+
+
+def memory_rows_bytes(c, tokens: float) -> int:
+    """UltraMem units on XLA's embedding bag: each unit gathers K = heads x topk value
+    rows [t, K, v_dim] per token and keeps them for the backward (float32 rows and their
+    compute-dtype copy: ROW_BYTES_KEPT per value), and the unit whose backward runs holds their
+    float32 gradient (ROW_BYTES_GRAD): t K v_dim (ROW_BYTES_KEPT x units + ROW_BYTES_GRAD)
+    bytes; with ``remat`` one unit's rows. 0 for other LMs and DiTs. (A TPU run's Pallas
+    forward does not keep the rows; the compile on a CPU host traces the XLA path.)"""
+    if getattr(c, "memory", "none") != "ultramem":
+        return 0
+    from seedjax.nn.memory.ultramem import UltraMemConfig
+    m = UltraMemConfig(d_model=c.d_model, **dict(c.memory_kwargs))
+    rows = m.heads * m.topk * m.v_dim
+    units = 1 if c_remat(c) else len(c.memory_pairs)
+    return int(tokens * rows * (ROW_BYTES_KEPT * units + ROW_BYTES_GRAD))
 
 
 def moe_block_bytes(c, tokens: float, model_split: int) -> int:

@@ -67,13 +67,23 @@ def test_scan_equals_loop_with_same_weights():
     assert axes == ("layers", "embed", "heads", "head_dim")
 
 
-def test_remat_gives_same_gradients():
+@pytest.mark.parametrize("memory", [None, "ultramem"])
+def test_remat_gives_same_gradients(memory):
+    """remat recomputes blocks (and skip-layer memory units) in the backward: same gradients."""
+    cfg = CFG if memory is None else CFG.replace(
+        n_layers=3, memory=memory, memory_layers="0:1", memory_kwargs={
+            "n_keys": 8, "k_dim": 16, "heads": 2, "topk": 4, "v_dim": 16, "expand": 4})
     def grads(cfg):
         model = LM(cfg, rngs=nnx.Rngs(0))
         def loss(m):
             return jnp.mean(m(tokens()).logits ** 2)
         return nnx.grad(loss)(model)
-    g0, g1 = grads(CFG), grads(CFG.replace(remat=True))
+    g0, g1 = grads(cfg), grads(cfg.replace(remat=True))
+    assert jax.tree.structure(g0) == jax.tree.structure(g1)
+    gd, st = nnx.split(LM(cfg.replace(remat=True), rngs=nnx.Rngs(0)))
+    eqns = jax.make_jaxpr(lambda st: nnx.merge(gd, st)(tokens()).logits)(st).jaxpr.eqns
+    remats = [e for e in eqns if e.primitive.name.startswith("remat")]
+    assert len(remats) == cfg.n_layers + (memory is not None)   # each block, the skip unit
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
