@@ -81,7 +81,7 @@ def get_config(variant: str | None = None):
 def get_sweep(variant=None):
     """Rows of the small-scale reproduction: the Stage I looped model (L shared blocks x 4
     loops), beta = 0 (the paper: the exit distribution collapses onto the last loop without the
-    entropy term), and non-looped models of equal parameters (the L blocks once) and equal
+    entropy term), 0.01 and 0.05 (the beta sweep of spec B.10), and non-looped models of equal parameters (the L blocks once) and equal
     FLOPs (4L distinct blocks)."""
     layers = get_config(variant).model.n_layers
     plain = dict(model__stack="plain", model__stack_kwargs={}, train__objective="lm",
@@ -91,6 +91,9 @@ def get_sweep(variant=None):
             "main"),
         row("looped_beta0", "exit mass collapses onto the last loop (sec. 3.3)",
             "beta", train__objective_kwargs={"beta": 0.0}),
+        *[row(f"looped_beta{b.replace('.', '')}", f"beta {b}: entropy between beta 0 and 0.1 "
+              "(the released schedule: 0.1, then 0.05; Table 1)", "beta",
+              train__objective_kwargs={"beta": float(b)}) for b in ("0.01", "0.05")],
         row("dense_iso_params", "worse (iso-parameter; Ouro-1.4B ~ 4B dense, sec. 5)", "dense",
             **plain),
         row("dense_iso_flops", "about equal (iso-FLOP; Ouro-1.4B ~ 4B dense, sec. 5)",
