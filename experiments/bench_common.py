@@ -26,14 +26,15 @@ def on_cpu(result: dict) -> bool:
     return kind.lower() == "cpu"
 
 
-def write_result(out_dir: str, name: str, result: dict, md: list) -> None:
-    """Writes <out_dir>/<name>.json and <name>.md and prints the markdown."""
+def write_result(out_dir: str, name: str, result: dict, md: list, echo: bool = True) -> None:
+    """Writes <out_dir>/<name>.json and <name>.md and prints the markdown (``echo``)."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
-    print("\n".join(md))
+    if echo:
+        print("\n".join(md))
 
 
 def median_time(fn, steps):

@@ -44,10 +44,9 @@ def _time(f, args, reps):
     return median_time(lambda: jax.block_until_ready(f(*args)), reps)[0]
 
 
-def _pk_rows(reps: int) -> list[dict]:
+def _pk_rows(reps: int, rows: list, flush) -> None:
     from kernels_pallas.pk_retrieval import api, arg_specs
     from kernels_pallas.pk_retrieval.bench import cost_model
-    rows = []
     for spec in arg_specs.PRODUCTION_PK + arg_specs.PRODUCTION_TUCKER:
         fn = api.product_key_topk if isinstance(spec, arg_specs.PKSpec) else api.tucker_topk
         args = spec.make(0)
@@ -67,14 +66,12 @@ def _pk_rows(reps: int) -> list[dict]:
                                                         - s1.astype(jnp.float32))))
             row["index_agreement"] = float(np.mean(np.asarray(i0) == np.asarray(i1)))
         rows.append(row)
-        print(row["spec"], row["ms"], row.get("errors", ""), flush=True)
-    return rows
+        flush()
 
 
-def _bag_rows(reps: int) -> list[dict]:
+def _bag_rows(reps: int, rows: list, flush) -> None:
     from kernels_pallas.embedding_bag.arg_specs import PRODUCTION, SPECS
     from kernels_pallas.embedding_bag.bench import forward_fn
-    rows = []
     for name in PRODUCTION:
         spec = SPECS[name]
         if spec.op != "bag":
@@ -99,8 +96,7 @@ def _bag_rows(reps: int) -> list[dict]:
             row["max_abs_diff"] = float(jnp.max(jnp.abs(outs["xla"].astype(jnp.float32)
                                                         - outs["pallas_gpu"].astype(jnp.float32))))
         rows.append(row)
-        print(name, row["ms"], row.get("errors", ""), flush=True)
-    return rows
+        flush()
 
 
 def render(result: dict) -> list[str]:
@@ -111,7 +107,9 @@ def render(result: dict) -> list[str]:
           f"{m['versions'].get('jax')}, host load at start {m['load_avg']}). Median of "
           f"{result['reps']} calls after a warm-up, forward only. Peaks measured in the same "
           f"run: bf16 matmul {pk['matmul_tflops']:.0f} TFLOP/s, copy {pk['copy_gbs']:.0f} GB/s. "
-          "Bytes and FLOPs are the specs' cost models (HBM traffic a perfect kernel must move).",
+          "Bytes and FLOPs are the specs' cost models (HBM traffic a perfect kernel must move)."
+          + ("" if result.get("complete", True) else
+             " **Incomplete run**: stopped before every spec was timed."),
           "",
           "| kernel | spec | dtype | T | XLA ms | Pallas ms | XLA / Pallas | best GB/s "
           "| best % copy peak | max abs diff | index agreement |",
@@ -151,12 +149,21 @@ def main(argv=None) -> None:
         raise SystemExit(f"--kernels: unknown {bad}; allowed: pk_retrieval, embedding_bag")
     info = machine()
     peaks = measured_peaks()
-    rows = (_pk_rows(a.reps) if "pk_retrieval" in kernels else []) + \
-        (_bag_rows(a.reps) if "embedding_bag" in kernels else [])
-    result = {"machine": info, "peaks": peaks, "reps": a.reps, "rows": rows,
-              "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+    result = {"machine": info, "peaks": peaks, "reps": a.reps, "rows": [], "complete": False,
               "command": "python -m kernels_pallas.gpu_bench " + " ".join(argv)}
-    write_result(a.out, "kernels", result, render(result))
+
+    def flush(quiet=True):   # after every spec: a run stopped by a timeout keeps its rows
+        result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+        if quiet:
+            r = result["rows"][-1]
+            print(r["spec"], r["ms"], r.get("errors", ""), flush=True)
+        write_result(a.out, "kernels", result, render(result), echo=not quiet)
+    if "pk_retrieval" in kernels:
+        _pk_rows(a.reps, result["rows"], flush)
+    if "embedding_bag" in kernels:
+        _bag_rows(a.reps, result["rows"], flush)
+    result["complete"] = True
+    flush(quiet=False)
 
 
 if __name__ == "__main__":
