@@ -36,7 +36,8 @@ layers, over-encoding, loops) is covered without a per-architecture formula:
   tighter: XLA rematerialises near the HBM limit);
 * UltraMem value rows (``memory_rows_bytes``): XLA's embedding bag gathers each unit's
   [t, heads x topk, v_dim] rows and keeps them for the backward, 6 bytes per value per unit
-  plus a float32 gradient for one unit (UltraMem-680M on v5p-16: -35% without it);
+  plus a float32 gradient for one unit, for the tokens of every batch shard the table's
+  rows are split over (``row_gather_group``; UltraMem-680M on v5p-16: -35% without it);
 * ``remat`` (scanned, rematerialised blocks): only the block inputs of every layer are kept,
   plus one layer's activations while its backward runs;
 * tensor parallelism divides the per-layer terms by the ``model`` axis; tokens per chip =
@@ -168,7 +169,7 @@ def _compute_bytes(dtype: str) -> int:
     return np.dtype(dtype).itemsize
 
 
-def activation_bytes(task, mesh: dict) -> int:
+def activation_bytes(task, mesh: dict, rules: str = "fsdp_tp") -> int:
     """The estimate of the module docstring, per chip, for an LM or DiT task."""
     c = task.model_cfg
     model_split = mesh["model"]
@@ -208,7 +209,18 @@ def activation_bytes(task, mesh: dict) -> int:
     if getattr(c, "connection", "residual") in ("hyper", "mhc"):
         per_token += STREAM_TEMPS * 4 * streams * d / model_split
     return (int(tokens * per_token) + moe_block_bytes(c, tokens, model_split)
-            + memory_rows_bytes(c, tokens))
+            + memory_rows_bytes(c, tokens * row_gather_group(mesh, rules)))
+
+
+def row_gather_group(mesh: dict, rules: str) -> int:
+    """How many batch shards' tokens a chip gathers table rows for: XLA partitions a gather
+    from rows split over a batch axis (``fsdp_tp_tables``: ("fsdp", "mem")) by visiting the
+    tokens of every batch shard on that axis (masked local reads, then a reduce-scatter), so
+    its gathered-row buffers grow by that axis' size (UltraMem-1.6B, v5p-32, fsdp 4: f32
+    [8, 2048, 160, 1024] buffers for 2 sequences per chip). 1 when rows avoid the batch axes."""
+    from seedjax.sharding.rules import get_rules
+    axes = _entry_axes(get_rules(rules).get("mem_rows"))
+    return math.prod(mesh[a] for a in axes if a in BATCH_AXES)
 
 
 def memory_rows_bytes(c, tokens: float) -> int:
@@ -266,7 +278,7 @@ def plan_of(program, topology: str, chip: Chip, rules: str) -> Plan:
     mesh = {a: int(program.mesh.shape[a]) for a in MESH_AXES}
     st = program.state
     other = {k: v for k, v in st.items() if k not in ("params", "opt_state")}
-    act = activation_bytes(program.task, mesh)
+    act = activation_bytes(program.task, mesh, rules)
     tpu = chip.platform == "tpu"
     gen = next((g for g, c in CHIPS.items() if c is chip), "")
     cfg = program.task.model_cfg
