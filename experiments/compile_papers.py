@@ -7,7 +7,8 @@ render ``results/compile/train_steps.md``.
 
 Per config: the smallest of --topologies whose plan (``seedjax.train.planner``, mesh
 fsdp=-1: every chip holds 1/n of the state; for configs with memory or n-gram tables, if that
-does not fit, fsdp=n/4 x mem=4 with the fsdp_tp_mem rules) fits the chip's HBM; LMs train one 4096-token
+does not fit, fsdp=n/4 x mem=4 with the fsdp_tp_mem rules, then with fsdp_tp_tables) fits the
+chip's HBM; LMs train one 4096-token
 sequence per chip (data.batch_size = chips), Race-DiT its configured 256 images. Each compile
 runs ``experiments.compile_step`` in a subprocess with a time limit; a config that does not fit
 the largest slice, fails or runs out of time gets a "not compiled (reason)" row. Existing JSON
@@ -76,10 +77,12 @@ def has_tables(config) -> bool:
 
 def meshes(config, n: int) -> list[tuple[dict, str | None]]:
     """Candidate (mesh, rules) on n chips: fsdp over all chips with the config's rules; for
-    configs with tables also ``MEM_SPLIT`` chips of ``mem`` (rules fsdp_tp_mem)."""
+    configs with tables also ``MEM_SPLIT`` chips of ``mem``, the tables split over ``mem``
+    (rules fsdp_tp_mem), then over ``fsdp`` x ``mem`` (fsdp_tp_tables: UltraMem-1.6B)."""
     out = [({"fsdp": -1}, None)]
     if has_tables(config) and n % MEM_SPLIT == 0 and n > MEM_SPLIT:
-        out.append(({"fsdp": n // MEM_SPLIT, "mem": MEM_SPLIT}, "fsdp_tp_mem"))
+        out += [({"fsdp": n // MEM_SPLIT, "mem": MEM_SPLIT}, rules)
+                for rules in ("fsdp_tp_mem", "fsdp_tp_tables")]
     return out
 
 
