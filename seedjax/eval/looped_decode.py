@@ -322,8 +322,10 @@ def _rule_kwargs(spec: ExitSpec) -> dict:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "spec", "temperature",
                                              "top_p", "padded", "return_logits"))
-def _generate(graphdef, state, prompt, prompt_mask, key, *, steps, spec, temperature, top_p,
-              padded, return_logits):
+def _generate(graphdef, state, prompt, prompt_mask, key, forced=None, *, steps, spec,
+              temperature, top_p, padded, return_logits):
+    """forced [B, steps] (teacher forcing): token j of the continuation is forced[:, j] instead of
+    a sample; the logits that predicted it are returned as usual."""
     model = nnx.merge(graphdef, state)
     b, p = prompt.shape
     total = p + steps
@@ -346,7 +348,8 @@ def _generate(graphdef, state, prompt, prompt_mask, key, *, steps, spec, tempera
                     cache=with_mask(model.init_cache(b, total, loops=loops), mask), **kw)
         cache = out.cache if spec.kv_policy == "full_per_depth" else stack_loops(out.cache)
     key, sub = jax.random.split(key)
-    first = sample_logits(out.logits[:, -1], sub, temperature, top_p).astype(jnp.int32)
+    first = (sample_logits(out.logits[:, -1], sub, temperature, top_p).astype(jnp.int32)
+             if forced is None else forced[:, 0])
     first_exit = (jnp.full((b,), loops - 1, jnp.int32) if out.exit_steps is None
                   else out.exit_steps[:, -1])
 
@@ -355,7 +358,8 @@ def _generate(graphdef, state, prompt, prompt_mask, key, *, steps, spec, tempera
         o = decode_step(model, tok[:, None], cache, p + i, spec,
                         positions=(n_real + i)[:, None])
         key, sub = jax.random.split(key)
-        nxt = sample_logits(o.logits, sub, temperature, top_p).astype(jnp.int32)
+        nxt = (sample_logits(o.logits, sub, temperature, top_p).astype(jnp.int32)
+               if forced is None else forced[:, i + 1])
         ys = (nxt, o.exit_steps, o.token_loops, o.batch_loops,
               o.logits if return_logits else None)
         return (nxt, o.cache, key), ys
@@ -389,8 +393,9 @@ def _check_prompt_mask(prompt: np.ndarray, prompt_mask) -> np.ndarray | None:
 def prepare(model, prompt, steps: int, *, prompt_mask=None, loops=None, exit_at_step=None,
             exit_threshold=None, weighted_exit=None, kv_policy: str = "full_per_depth",
             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-            return_logits: bool = False):
-    """Validates everything eagerly and returns (jitted function, args, static kwargs)."""
+            return_logits: bool = False, forced=None):
+    """Validates everything eagerly and returns (jitted function, args, static kwargs).
+    ``forced`` [B, steps] int: teacher forcing (the continuation is these tokens)."""
     spec = resolve_exit(model, loops=loops, exit_at_step=exit_at_step,
                         exit_threshold=exit_threshold, weighted_exit=weighted_exit,
                         kv_policy=kv_policy)
@@ -408,11 +413,18 @@ def prepare(model, prompt, steps: int, *, prompt_mask=None, loops=None, exit_at_
     if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
     mask = _check_prompt_mask(prompt, prompt_mask)
+    if forced is not None:
+        forced = np.asarray(forced)
+        if forced.shape != (prompt.shape[0], steps) or forced.dtype.kind not in "iu":
+            raise ValueError(f"forced must be integer token ids [batch, steps] = "
+                             f"{[prompt.shape[0], steps]}, got shape {forced.shape} dtype "
+                             f"{forced.dtype}")
+        forced = jnp.asarray(forced, jnp.int32)
     graphdef, state = nnx.split(model)
     b = prompt.shape[0]
     args = (graphdef, state, jnp.asarray(prompt, jnp.int32),
             jnp.asarray(mask if mask is not None else np.ones(prompt.shape, bool)),
-            jax.random.key(seed))
+            jax.random.key(seed), forced)
     static = dict(steps=int(steps), spec=spec, temperature=float(temperature),
                   top_p=float(top_p), padded=mask is not None,
                   return_logits=bool(return_logits))
@@ -450,6 +462,30 @@ def timed_looped_generate(model, prompt, steps: int, *, repeats: int = 1, **kw):
         out = jax.block_until_ready(fn(*args, **static))
         best = min(best, time.perf_counter() - t0)
     return _wrap(out), max(first - best, 0.0), best
+
+
+def teacher_forced(model, tokens, prompt_len: int, **kw) -> dict:
+    """Cross-entropy of a looped LM's decode path on known text: tokens [B, S] int, the first
+    ``prompt_len`` prefilled (all loops), the rest fed one per step through ``decode_step`` with
+    the exit rule and ``kv_policy`` of ``kw`` (``looped_generate``'s keywords), each scored by
+    the logits that predicted it. -> {"ce": mean over the B (S - prompt_len) predicted tokens,
+    "ce_per_token": [B, S - prompt_len], "mean_loops": loops per decoded token (the tokens after
+    the first, whose logits came from the all-loop prefill)}. Unlike the full forward's exit
+    curves, a token that exited early leaves deeper K/V to the policy, so this measures what a
+    KV policy costs in quality."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not 1 <= prompt_len < tokens.shape[1]:
+        raise ValueError(f"teacher_forced: prompt_len={prompt_len} must be in [1, S) for "
+                         f"tokens of shape {tokens.shape}")
+    steps = tokens.shape[1] - prompt_len
+    fn, args, static = prepare(model, tokens[:, :prompt_len], steps, return_logits=True,
+                               forced=tokens[:, prompt_len:], **kw)
+    gen = _wrap(fn(*args, **static))
+    logp = jax.nn.log_softmax(jnp.asarray(gen.logits, jnp.float32), axis=-1)
+    target = jnp.asarray(tokens[:, prompt_len:], jnp.int32)
+    ce = -np.asarray(jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0])
+    return {"ce": float(ce.mean()), "ce_per_token": ce,
+            "mean_loops": float(np.asarray(gen.token_loops)[:, 1:].mean())}
 
 
 def loop_stats(gen: LoopedGeneration, loops: int) -> dict:

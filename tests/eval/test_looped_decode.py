@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from seedjax.eval.looped_decode import (KV_POLICIES, looped_generate, loop_stats, resolve_exit)
+from seedjax.eval.looped_decode import (KV_POLICIES, looped_generate, loop_stats, resolve_exit,
+                                        teacher_forced)
 from seedjax.eval.sampling import generate
 from seedjax.models import LM, LMConfig
 
@@ -287,3 +288,21 @@ def test_value_errors(tiny):
                                       rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="stack='looped'"):
         resolve_exit(plain)
+
+
+def test_teacher_forced_full_per_depth_equals_full_forward_ce(tiny):
+    """Teacher-forced decoding of known text with full_per_depth scores every token with the
+    logits of the full (uncached) forward under the same exit rule (q = 0.5): same CE per token
+    (1e-5); a skipping policy runs fewer loops per token, and the forced text, not samples,
+    is what it reads (its CE differs from the reference only through the deeper K/V)."""
+    toks = np.asarray(jax.random.randint(jax.random.key(3), (2, 12), 0, 96))
+    ref = teacher_forced(tiny, toks, 4, exit_threshold=0.5, kv_policy="full_per_depth")
+    full = tiny(jnp.asarray(toks[:, :-1]), exit_threshold=0.5, return_loop_logits=False)
+    logp = jax.nn.log_softmax(np.asarray(full.logits, np.float32)[:, 3:], axis=-1)
+    want = -np.take_along_axis(np.asarray(logp), toks[:, 4:, None], axis=-1)[..., 0]
+    assert ref["ce_per_token"].shape == (2, 8) and ref["mean_loops"] == 4
+    assert rel_err(ref["ce_per_token"], want) < RTOL
+    skip = teacher_forced(tiny, toks, 4, exit_threshold=0.5, kv_policy="last_available")
+    assert skip["mean_loops"] < 4 and np.isfinite(skip["ce"])
+    with pytest.raises(ValueError, match="prompt_len"):
+        teacher_forced(tiny, toks, 12)

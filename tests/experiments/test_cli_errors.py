@@ -34,6 +34,7 @@ CLIS = {
     "experiments.diagnose_race": ("define_flags", {}),
     "experiments.generate_looped": ("define_flags", {}),
     "experiments.looped_depth": ("define_flags", {}),
+    "experiments.looped_kv": ("define_flags", {}),
     "experiments.ngram_usage": ("define_flags", {}),
 }
 SWEEP = "configs/papers/seednorm.py:smoke"
@@ -120,6 +121,10 @@ CASES = [
     ("looped_depth", DIAG, ["--workdirs"]),
     ("looped_depth", ["--workdirs", "{run}", "--max_loops", "0", *DIAG], ["--max_loops", ">= 1"]),
     ("looped_depth", ["--workdirs", "{run}", "--step", "7", *DIAG], ["step=7", "allowed: [3]"]),
+    ("looped_kv", DIAG, ["--workdirs"]),
+    ("looped_kv", ["--workdirs", "{run}", "--q", "1.5", *DIAG], ["--q=1.5", "(0, 1]"]),
+    ("looped_kv", ["--workdirs", "{run}", "--q", "x", *DIAG], ["--q=x", "(0, 1]"]),
+    ("looped_kv", ["--workdirs", "{tmp}", *DIAG], ["workdir", "no checkpoints/"]),
     ("ngram_usage", [], ["--config is required"]),
     ("ngram_usage", ["--config", "configs/papers/over_tokenized.py:smoke", "--rows", "nope"],
      ["--rows ['nope'] are not in the sweep"]),
@@ -148,6 +153,7 @@ MAIN_CASES = [
     ("diagnose_race", ["--workdirs", "{run}", "--step", "7", *DIAG], ["allowed: [3]"]),
     ("generate_looped", ["--prompt", "a", "extra"], ["unexpected argument 'extra'"]),
     ("looped_depth", DIAG, ["--workdirs"]),
+    ("looped_kv", ["--workdirs", "{run}", "--q", "0", *DIAG], ["--q=0.0", "(0, 1]"]),
     ("ngram_usage", [], ["--config is required"]),
     ("train", ["--config", "configs/lm.py:huge", "--workdir", "{tmp}/w"], ["'huge' unknown"]),
     ("generate", ["--workdir", "{run}", "--step", "7"], ["allowed: [3]"]),
