@@ -40,14 +40,14 @@ def define_flags() -> None:
 
 
 def evaluate(model, batches, qs, prompt_len: int) -> dict:
-    """{policy: {"ce": [len(qs)], "loops": [len(qs)]}} over the batches' tokens."""
+    """{policy: {"ce": [len(qs)], "loops": [len(qs)]}} over the token batches [B, T]."""
     from seedjax.eval.looped_decode import KV_POLICIES, teacher_forced
     out = {}
     for policy in KV_POLICIES:
         ce, loops = [], []
         for q in qs:
-            res = [teacher_forced(model, np.asarray(b["tokens"]), prompt_len,
-                                  exit_threshold=q, kv_policy=policy) for b in batches]
+            res = [teacher_forced(model, b, prompt_len, exit_threshold=q, kv_policy=policy)
+                   for b in batches]
             ce.append(float(np.mean([r["ce"] for r in res])))
             loops.append(float(np.mean([r["mean_loops"] for r in res])))
         out[policy] = {"ce": ce, "loops": loops}
@@ -84,7 +84,7 @@ def report(runs: dict, qs: list[float], command: str, provenance: list[str]) -> 
 
 def run(workdirs: list[str], names: list[str] | None, out: str, qs: list[float],
         batches: int = 2, prompt_len: int = 16, command: str = "") -> dict:
-    from experiments.diagnose_connections import check_runs, val_batches
+    from experiments.diagnose_connections import check_runs, val_token_batches
     from experiments.provenance import current, summary_lines
     from seedjax.train.restore import load_model
     bad = [q for q in qs if not 0 < q <= 1]
@@ -99,7 +99,7 @@ def run(workdirs: list[str], names: list[str] | None, out: str, qs: list[float],
         if not getattr(model, "looped", False):
             raise ValueError(f"workdir {w!r} is not a looped model (model.stack="
                              f"{config.model.stack!r}); allowed: runs with model.stack='looped'")
-        runs[name] = {**evaluate(model, val_batches(config, batches), qs, prompt_len),
+        runs[name] = {**evaluate(model, val_token_batches(config, batches), qs, prompt_len),
                       "workdir": w, "step": step}
         print(f"{name}: step {step}, " + ", ".join(
             f"{p} CE {v['ce'][0]:.4f} at q={qs[0]:g}" for p, v in runs[name].items()
