@@ -220,12 +220,14 @@ def _reading(r: dict) -> list[str]:
                    f"(XLA FLOPs {_span(by['dense_masked'], 'xla_over_model')} the model FLOPs, "
                    "i.e. E / k).")
     if "ragged_dot" in by:
-        span = _span(by['ragged_dot'], 'ratio_to_dense')
-        out.append(f"* **ragged_dot**: {span} the dense MLP on this CPU, whose XLA lowers "
-                   "`jax.lax.ragged_dot` to a dense matmul over all E experts (XLA FLOPs "
-                   f"{_span(by['ragged_dot'], 'xla_over_model')} the model FLOPs). It is the "
-                   "grouped GEMM of TPU/GPU; this run does not measure those." if on_cpu(r) else
-                   f"* **ragged_dot**: {span} the dense MLP and "
-                   f"{_span(by['ragged_dot'], 'ratio_to_dense_masked')} the dense masked "
-                   f"experts on {r['device_kind']}, where it is XLA's grouped GEMM.")
+        rows = by["ragged_dot"]
+        head = f"* **ragged_dot**: {_span(rows, 'ratio_to_dense')} the dense MLP"
+        if on_cpu(r):
+            out.append(f"{head} on this CPU, whose XLA lowers `jax.lax.ragged_dot` to a dense "
+                       f"matmul over all E experts (XLA FLOPs {_span(rows, 'xla_over_model')} "
+                       "the model FLOPs). It is the grouped GEMM of TPU/GPU; this run does not "
+                       "measure those.")
+        else:
+            out.append(f"{head} and {_span(rows, 'ratio_to_dense_masked')} the dense masked "
+                       f"experts on {r['device_kind']}, where it is XLA's grouped GEMM.")
     return out

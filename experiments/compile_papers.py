@@ -8,8 +8,8 @@ render ``results/compile/train_steps.md``.
 Per config: the smallest of --topologies whose plan (``seedjax.train.planner``, mesh
 fsdp=-1: every chip holds 1/n of the state; for configs with memory or n-gram tables, if that
 does not fit, fsdp=n/4 x mem=4 with the fsdp_tp_mem rules, then with fsdp_tp_tables) fits the
-chip's HBM; LMs train one 4096-token
-sequence per chip (data.batch_size = chips), Race-DiT its configured 256 images. Each compile
+chip's HBM; LMs train one sequence per chip (data.batch_size = chips), Race-DiT its configured
+256 images. Each compile
 runs ``experiments.compile_step`` in a subprocess with a time limit; a config that does not fit
 the largest slice, fails or runs out of time gets a "not compiled (reason)" row. Existing JSON
 files are skipped (delete one to redo it).

@@ -101,21 +101,27 @@ def plot(runs: dict, path: str) -> None:
     plt.close(fig)
 
 
+def load_looped(workdir: str, step: int | None = None):
+    """(model, config, step) of a looped run's checkpoint; ValueError for any other model."""
+    from seedjax.train.restore import load_model
+    model, config, ckpt_step = load_model(workdir, step)
+    if not getattr(model, "looped", False):
+        raise ValueError(f"workdir {workdir!r} is not a looped model (model.stack="
+                         f"{config.model.stack!r}); allowed: runs with model.stack='looped'")
+    return model, config, ckpt_step
+
+
 def run(workdirs: list[str], names: list[str] | None, out: str, max_loops: int = 8,
         batches: int = 16, step: int | None = None, command: str = "") -> dict:
     from experiments.diagnose_connections import check_runs, jsonable, val_batches
-    from experiments.provenance import current, summary_lines
+    from experiments.provenance import analysis_provenance
     from seedjax.eval.exit_curves import exit_curves
-    from seedjax.train.restore import load_model
     names = check_runs(workdirs, names, batches)
     if max_loops < 1:
         raise ValueError(f"--max_loops must be >= 1, got {max_loops}")
     runs = {}
     for w, name in zip(workdirs, names):
-        model, config, ckpt_step = load_model(w, step)
-        if not getattr(model, "looped", False):
-            raise ValueError(f"workdir {w!r} is not a looped model (model.stack="
-                             f"{config.model.stack!r}); allowed: runs with model.stack='looped'")
+        model, config, ckpt_step = load_looped(w, step)
         if max_loops < model.layers.config.loops:
             raise ValueError(f"--max_loops={max_loops} is below the trained loops "
                              f"{model.layers.config.loops} of {w!r}")
@@ -124,9 +130,7 @@ def run(workdirs: list[str], names: list[str] | None, out: str, max_loops: int =
         print(f"{name}: step {ckpt_step}, CE per loop "
               + " ".join(f"{v:.4f}" for v in res["depth_ce"]), flush=True)
     os.makedirs(out, exist_ok=True)
-    origin = {**current([], ""), "command": command, "config": ""}
-    prov = summary_lines([{"provenance": origin}])
-    prov[0] = prov[0].split(". ", 1)[1]  # "Runs: 1." counts provenance records, not the runs
+    origin, prov = analysis_provenance(command)
     with open(os.path.join(out, "depth.json"), "w") as f:
         json.dump({"command": command, "provenance": origin, "runs": runs}, f, indent=1)
     with open(os.path.join(out, "depth.md"), "w") as f:

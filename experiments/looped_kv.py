@@ -85,8 +85,8 @@ def report(runs: dict, qs: list[float], command: str, provenance: list[str]) -> 
 def run(workdirs: list[str], names: list[str] | None, out: str, qs: list[float],
         batches: int = 2, prompt_len: int = 16, command: str = "") -> dict:
     from experiments.diagnose_connections import check_runs, val_token_batches
-    from experiments.provenance import current, summary_lines
-    from seedjax.train.restore import load_model
+    from experiments.looped_depth import load_looped
+    from experiments.provenance import analysis_provenance
     bad = [q for q in qs if not 0 < q <= 1]
     if bad or not qs:
         raise ValueError(f"--q={','.join(map(str, qs))}: thresholds must be in (0, 1]")
@@ -95,19 +95,14 @@ def run(workdirs: list[str], names: list[str] | None, out: str, qs: list[float],
     names = check_runs(workdirs, names, batches)
     runs = {}
     for w, name in zip(workdirs, names):
-        model, config, step = load_model(w, None)
-        if not getattr(model, "looped", False):
-            raise ValueError(f"workdir {w!r} is not a looped model (model.stack="
-                             f"{config.model.stack!r}); allowed: runs with model.stack='looped'")
+        model, config, step = load_looped(w)
         runs[name] = {**evaluate(model, val_token_batches(config, batches), qs, prompt_len),
                       "workdir": w, "step": step}
         print(f"{name}: step {step}, " + ", ".join(
             f"{p} CE {v['ce'][0]:.4f} at q={qs[0]:g}" for p, v in runs[name].items()
             if isinstance(v, dict)), flush=True)
     os.makedirs(out, exist_ok=True)
-    origin = {**current([], ""), "command": command, "config": ""}
-    prov = summary_lines([{"provenance": origin}])
-    prov[0] = prov[0].split(". ", 1)[1]
+    origin, prov = analysis_provenance(command)
     with open(os.path.join(out, "kv.json"), "w") as f:
         json.dump({"command": command, "provenance": origin, "q": qs, "runs": runs}, f, indent=1)
     with open(os.path.join(out, "kv.md"), "w") as f:

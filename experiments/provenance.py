@@ -99,3 +99,13 @@ def summary_lines(results: list) -> list[str]:
     if missing:
         lines.append(f"{missing} run{' has' if missing == 1 else 's have'} no provenance record.")
     return lines
+
+
+def analysis_provenance(command: str) -> tuple[dict, list[str]]:
+    """(record, markdown lines) of an analysis of existing runs (``command`` is its own CLI):
+    commit, versions and machine now; the lines without ``summary_lines``' "Runs: 1." (the
+    analysis is not a run)."""
+    origin = {**current([], ""), "command": command, "config": ""}
+    lines = summary_lines([{"provenance": origin}])
+    lines[0] = lines[0].split(". ", 1)[1]
+    return origin, lines

@@ -152,18 +152,18 @@ def main(argv=None) -> None:
     result = {"machine": info, "peaks": peaks, "reps": a.reps, "rows": [], "complete": False,
               "command": "python -m kernels_pallas.gpu_bench " + " ".join(argv)}
 
-    def flush(quiet=True):   # after every spec: a run stopped by a timeout keeps its rows
+    def flush(final=False):   # after every spec: a run stopped by a timeout keeps its rows
         result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-        if quiet:
+        if not final:
             r = result["rows"][-1]
             print(r["spec"], r["ms"], r.get("errors", ""), flush=True)
-        write_result(a.out, "kernels", result, render(result), echo=not quiet)
+        write_result(a.out, "kernels", result, render(result), echo=final)
     if "pk_retrieval" in kernels:
         _pk_rows(a.reps, result["rows"], flush)
     if "embedding_bag" in kernels:
         _bag_rows(a.reps, result["rows"], flush)
     result["complete"] = True
-    flush(quiet=False)
+    flush(final=True)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,8 @@ def get_config(variant: str | None = None):
 def get_sweep(variant=None):
     """Rows of the small-scale reproduction: the Stage I looped model (L shared blocks x 4
     loops), beta = 0 (the paper: the exit distribution collapses onto the last loop without the
-    entropy term), 0.01 and 0.05 (the beta sweep of spec B.10), and non-looped models of equal parameters (the L blocks once) and equal
-    FLOPs (4L distinct blocks)."""
+    entropy term), 0.01 and 0.05 (the beta sweep of spec B.10), and non-looped models of equal
+    parameters (the L blocks once) and equal FLOPs (4L distinct blocks)."""
     layers = get_config(variant).model.n_layers
     plain = dict(model__stack="plain", model__stack_kwargs={}, train__objective="lm",
                  train__objective_kwargs={})

@@ -67,6 +67,7 @@ import numpy as np
 
 from seedjax.nn.partitioning import BATCH_AXES
 from seedjax.sharding.mesh import MESH_AXES
+from seedjax.sharding.rules import get_rules
 from seedjax.train.hardware import Chip
 
 MIB, GIB = 2 ** 20, 2 ** 30
@@ -218,7 +219,6 @@ def row_gather_group(mesh: dict, rules: str) -> int:
     tokens of every batch shard on that axis (masked local reads, then a reduce-scatter), so
     its gathered-row buffers grow by that axis' size (UltraMem-1.6B, v5p-32, fsdp 4: f32
     [8, 2048, 160, 1024] buffers for 2 sequences per chip). 1 when rows avoid the batch axes."""
-    from seedjax.sharding.rules import get_rules
     axes = _entry_axes(get_rules(rules).get("mem_rows"))
     return math.prod(mesh[a] for a in axes if a in BATCH_AXES)
 
@@ -309,7 +309,6 @@ def candidate_meshes(config, n: int, rules: str | None = None):
     """data/fsdp/model (and mem / expert when the rules map a logical axis to them) splits of
     ``n`` devices, ordered by the non-fsdp split then fsdp (the least communication first)."""
     import itertools
-    from seedjax.sharding.rules import get_rules
     used = set(get_rules(rules or config.mesh.rules).values())
     sizes = (1, 2, 4, 8)
     out = []
