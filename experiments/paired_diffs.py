@@ -23,8 +23,8 @@ from experiments.verdict import compare
 
 
 def references_of(row: dict, base_name: str) -> list[str]:
-    """The rows a row is compared with: its ``vs`` field (one name or a list of names), else the
-    base row ([] for the base row itself)."""
+    """The rows a row is compared with: its ``vs`` field (one name or a list of names; ``[]``:
+    none), else the base row ([] for the base row itself)."""
     refs = row.get("vs", base_name)
     refs = [refs] if isinstance(refs, str) else list(refs)
     return [r for r in refs if r != row["name"]]

@@ -40,7 +40,7 @@ from experiments.paired_diffs import paired_table, validate_references
 from experiments.run_results import load_results, result_path
 from experiments.seed_stats import mean_std_text, seed_stats
 from experiments.sweep_series import validate_series, write_series
-from experiments.task_plot import is_generation_task, plot_task_accuracy, task_metric
+from experiments.task_plot import plot_task_accuracy, task_kind, task_metric
 
 FLAGS = flags.FLAGS
 
@@ -262,8 +262,10 @@ def report_text(out: str, config: str, rows: list, results: list, base=None,
                           "Paired val-loss differences (row minus its reference on the same "
                           "seed; negative = row lower):")
     task_names = sorted({t for x in results for t in (x.get("tasks") or {})})
-    gen_names = [t for t in task_names if is_generation_task(results, t)]
-    forced_names = [t for t in task_names if t not in gen_names]
+    kinds = {t: task_kind(results, t) for t in task_names}
+    gen_names = [t for t in task_names if kinds[t] == "generation"]
+    cap_names = [t for t in task_names if kinds[t] == "capacity"]
+    forced_names = [t for t in task_names if kinds[t] == "forced"]
     if forced_names:  # runs of configs with a task_eval block (see seedjax.eval.task_scoring)
         lines += metric_tables(
             rows, by_row, forced_names, task_metric,
@@ -279,6 +281,13 @@ def report_text(out: str, config: str, rows: list, results: list, base=None,
             lambda t: f"Paired {t} generation-accuracy differences (row minus its reference on "
             "the same seed; positive = row better, so 'lower on' counts seeds where it is "
             "worse):", digits=3)
+    if cap_names:  # knowledge-capacity probes (capo_capacity: bits stored per parameter)
+        lines += metric_tables(
+            rows, by_row, cap_names, task_metric,
+            "Knowledge capacity R(F), bits stored per parameter (seedjax.eval.capacity; mean ± "
+            "std, n):",
+            lambda t: f"Paired {t} bits-per-parameter differences (row minus its reference on "
+            "the same seed):", digits=4)
     image_names = [k for k in ("fid_proxy", "class_accuracy")
                    if any(k in (x.get("image_eval") or {}) for x in results)]
     if image_names:  # diffusion runs (reproduce.image_eval)

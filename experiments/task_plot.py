@@ -13,14 +13,20 @@ import os
 from experiments.seed_stats import seed_stats
 
 
-# a task's headline metric: generation accuracy for generation-scored tasks (``gen_acc``, e.g.
-# cfg_generation), else the teacher-forced token accuracy
-PRIMARY_KEYS = ("gen_acc", "token_acc")
+# a task's kind -> its headline metric and axis label: generation probes (``gen_acc``, e.g.
+# cfg_generation), capacity probes (``bits_per_param``, capo_capacity), teacher-forced tasks
+KINDS = {"generation": ("gen_acc", "generation accuracy (sampled)"),
+         "capacity": ("bits_per_param", "knowledge capacity (bits / parameter)"),
+         "forced": ("token_acc", "held-out token accuracy")}
+PRIMARY_KEYS = tuple(key for key, _ in KINDS.values())
 
 
-def is_generation_task(runs, task: str) -> bool:
-    """True when the runs score ``task`` by generation (their metrics hold ``gen_acc``)."""
-    return any("gen_acc" in ((x.get("tasks") or {}).get(task) or {}) for x in runs)
+def task_kind(runs, task: str) -> str:
+    """"generation", "capacity" or "forced" (teacher-forced): the kind of the runs' scores of
+    ``task``, told by its headline metric."""
+    metrics = [(x.get("tasks") or {}).get(task) or {} for x in runs]
+    return next((kind for kind, (key, _) in KINDS.items()
+                 if any(key in m for m in metrics)), "forced")
 
 
 def task_metric(run: dict, task: str, key: str | None = None) -> float | None:
@@ -63,8 +69,8 @@ def plot_task_accuracy(out: str, rows: list, by_row: dict, task_names: list) -> 
             ax.legend(fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
         ax.set_title(f"{task}: dots = seeds, diamond = mean ± std", fontsize=9)
-        gen = is_generation_task([x for n in names for x in by_row.get(n, [])], task)
-        ax.set_ylabel("generation accuracy (sampled)" if gen else "held-out token accuracy")
+        kind = task_kind([x for n in names for x in by_row.get(n, [])], task)
+        ax.set_ylabel(KINDS[kind][1])
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = os.path.join(out, "tasks.png")

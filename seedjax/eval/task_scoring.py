@@ -25,8 +25,8 @@ Evaluation episodes come from the ``test`` split (disjoint seed stream from the 
 longest expressions, ``multihop``'s only held-out questions). For ``mano`` and ``multihop``,
 whose answer is one token, ``exact_match == token_acc``.
 
-Generation tasks (``GENERATION_TASKS``; named in ``task_eval.tasks`` like the others, scored by
-sampling instead of teacher forcing):
+Whole-model probes (``MODEL_PROBES``; named in ``task_eval.tasks`` like the tasks, each a
+function of the model and the run config):
 
 * ``cfg_generation`` (Over-Tokenized Transformer Sec. 3.1 / App. B.2; the function
   ``cfg_generation``): the run must train on a ``task:cfg(...)`` source. ``episodes``
@@ -40,6 +40,11 @@ sampling instead of teacher forcing):
   eos within the limit), ``n_distinct`` (distinct accepted sentences), ``ref_mean_length`` (the
   source's exact mean sentence length), ``grammar``, ``max_len``, ``temperature``, ``top_p``,
   ``sample_s``.
+* ``capo_capacity`` (Ouro Sec. 6.1 / App. B.1; ``seedjax.eval.capacity.evaluate_capacity``):
+  the run must train on a ``task:capo(...)`` source. What the model knows about that world,
+  from one biography per person: ``p1``, ``p2`` (nats per person on the name / attribute
+  tokens), ``bits``, ``max_bits``, ``n_params``, ``n_people`` and ``bits_per_param`` R(F) (the
+  report's column).
 """
 from __future__ import annotations
 
@@ -58,8 +63,8 @@ from seedjax.data.synthetic import TASKS, is_task_source, parse_task_source
 from seedjax.validation import check_choice, check_int
 
 __all__ = ["teacher_forced", "greedy_hits", "score_episodes", "evaluate_task", "evaluate_tasks",
-           "tasks_from_config", "evaluate_config", "markdown_table", "GENERATION_TASKS",
-           "cfg_task_of", "cfg_generation"]
+           "tasks_from_config", "evaluate_config", "markdown_table", "MODEL_PROBES",
+           "source_task", "cfg_generation", "capo_capacity"]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -168,14 +173,15 @@ def evaluate_tasks(model, tasks: dict, **kw) -> dict:
     return {name: evaluate_task(model, cfg, **kw) for name, cfg in tasks.items()}
 
 
-def cfg_task_of(config) -> CfgTaskConfig:
-    """The ``cfg`` task of a run config's ``task:`` source (``ValueError`` if it has none)."""
+def source_task(config, task: str, probe: str):
+    """The config of ``task`` in a run config's ``task:`` source (``ValueError`` naming the
+    ``probe`` that needs it if the source has none)."""
     source = config.data.source
-    task = parse_task_source(source).tasks.get("cfg") if is_task_source(source) else None
-    if task is None:
-        raise ValueError(f"task_eval.tasks='cfg_generation' needs data.source='task:cfg(...)', "
+    found = parse_task_source(source).tasks.get(task) if is_task_source(source) else None
+    if found is None:
+        raise ValueError(f"task_eval.tasks='{probe}' needs data.source='task:{task}(...)', "
                          f"got {source!r}")
-    return task
+    return found
 
 
 def cfg_generation(model, task: CfgTaskConfig, *, episodes: int = 1000, batch_size: int = 250,
@@ -213,10 +219,20 @@ def cfg_generation(model, task: CfgTaskConfig, *, episodes: int = 1000, batch_si
             "top_p": float(top_p), "sample_s": time.time() - t0}
 
 
-# generation-scored tasks: name -> fn(model, run config, episodes=, batch_size=, seed=)
-GENERATION_TASKS = {
-    "cfg_generation": lambda model, config, **kw: cfg_generation(model, cfg_task_of(config),
-                                                                 **kw),
+def capo_capacity(model, task, *, batch_size: int = 32, seed: int = 0, **_) -> dict:
+    """Knowledge capacity of ``model`` on the world of ``task`` (a ``CapoConfig``; module
+    docstring). ``seed`` picks the biography template of each person; ``episodes`` is unused
+    (every person is scored once)."""
+    from seedjax.eval.capacity import evaluate_capacity  # pylint: disable=g-import-not-at-top
+    return evaluate_capacity(model, task, seed=seed, batch_size=batch_size)
+
+
+# whole-model probes: name -> fn(model, run config, episodes=, batch_size=, seed=)
+MODEL_PROBES = {
+    "cfg_generation": lambda model, config, **kw: cfg_generation(
+        model, source_task(config, "cfg", "cfg_generation"), **kw),
+    "capo_capacity": lambda model, config, **kw: capo_capacity(
+        model, source_task(config, "capo", "capo_capacity"), **kw),
 }
 
 
@@ -238,33 +254,35 @@ def tasks_from_config(config, names=None) -> dict:
 
 def evaluate_config(model, config, *, progress: bool = False) -> dict | None:
     """Task metrics per ``config.task_eval`` (fields ``tasks`` comma string or "", ``episodes``,
-    ``batch_size``, ``seed``; ``tasks`` may name ``GENERATION_TASKS``), or None when the config
+    ``batch_size``, ``seed``; ``tasks`` may name ``MODEL_PROBES``), or None when the config
     has no ``task_eval`` block (the hook ``experiments.reproduce`` calls after each run)."""
     te = config.get("task_eval") if hasattr(config, "get") else None
     if not te:
         return None
     names = te.get("tasks", "")
     names = [n for n in names.split(",") if n] if isinstance(names, str) else list(names or [])
-    gen = [n for n in names if n in GENERATION_TASKS]
+    probes = [n for n in names if n in MODEL_PROBES]
     kw = dict(episodes=int(te.get("episodes", 256)), seed=int(te.get("seed", 0)),
               batch_size=int(te.get("batch_size", 32)))
     out = {}
-    if not gen or len(gen) < len(names):  # teacher-forced tasks (none named: the source's)
-        tasks = tasks_from_config(config, [n for n in names if n not in GENERATION_TASKS])
+    if not probes or len(probes) < len(names):  # teacher-forced tasks (none named: the source's)
+        tasks = tasks_from_config(config, [n for n in names if n not in MODEL_PROBES])
         out = evaluate_tasks(model, tasks, n_episodes=kw["episodes"], seed=kw["seed"],
                              batch_size=kw["batch_size"], progress=progress)
-    for n in gen:
-        out[n] = GENERATION_TASKS[n](model, config, **kw)
+    for n in probes:
+        out[n] = MODEL_PROBES[n](model, config, **kw)
     return {n: out[n] for n in (names or out)}
 
 
 def markdown_table(results: dict) -> str:
-    """A markdown table of ``{task: metrics}`` (``evaluate_tasks`` output); generation tasks
-    (``evaluate_config``: metrics with ``gen_acc``) get a table of their own, after the other."""
+    """Markdown tables of ``{task: metrics}`` (``evaluate_config`` output): teacher-forced tasks
+    first, then generation probes (metrics with ``gen_acc``), then capacity probes (metrics with
+    ``bits_per_param``), each kind in a table of its own."""
     gen = {k: m for k, m in results.items() if "gen_acc" in m}
-    forced = {k: m for k, m in results.items() if k not in gen}
+    cap = {k: m for k, m in results.items() if "bits_per_param" in m}
+    forced = {k: m for k, m in results.items() if k not in gen and k not in cap}
     lines = []
-    if forced or not gen:
+    if forced or not (gen or cap):
         lines = ["| task | token acc | exact match | chance | unseen-x acc (chance) | queries |",
                  "|---|---|---|---|---|---|"]
     for name, m in forced.items():
@@ -280,4 +298,11 @@ def markdown_table(results: dict) -> str:
                   f"{m['gen_ci95'][1]:.3f}] | {m['mean_length']:.1f} "
                   f"({m['ref_mean_length']:.1f}) | {m['n_truncated']} | {m['n_distinct']} | "
                   f"{m['n_episodes']} |" for k, m in gen.items()]
+    if cap:
+        lines += [*([""] if lines else []),
+                  "| probe | bits / param | bits (max) | p1 name nats | p2 attribute nats | "
+                  "params | people |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {m['bits_per_param']:.4f} | {m['bits']:.0f} ({m['max_bits']:.0f}) "
+                  f"| {m['p1']:.2f} | {m['p2']:.2f} | {m['n_params']} | {m['n_people']} |"
+                  for k, m in cap.items()]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from flax import nnx
 from experiments.overrides import apply_overrides
 from experiments.paired_diffs import validate_references
 from experiments.reproduce import report_text, run_one
-from experiments.task_plot import is_generation_task, task_metric
+from experiments.task_plot import task_kind, task_metric
 from seedjax.data.cfg import EOS_ID, GRAMMARS, sample_sentences
 from seedjax.eval import sampling
 from seedjax.eval import task_scoring as ts
@@ -135,7 +135,7 @@ def test_sweep_rows_build(variant):
         if mcfg.embed == "over_encoding":
             oe = abstract.embed.config
             assert all(m >= 5 ** o for m, o in zip(oe.moduli, oe.slice_orders))  # no hashing
-        ts.cfg_task_of(cfg).check_fits(cfg.data.seq_len)
+        ts.source_task(cfg, "cfg", "cfg_generation").check_fits(cfg.data.seq_len)
     assert all(len(w) == 1 for w in widths.values()) and widths["large"] != widths["small"]
 
 
@@ -173,7 +173,7 @@ def test_report_shows_generation_accuracy(tmp_path):
     results = [_fake_run(r["name"], s, 0.1 * i + 0.01 * s)
                for i, r in enumerate(rows) for s in (0, 1)]
     assert task_metric(results[2], "cfg_generation") == pytest.approx(0.1)
-    assert is_generation_task(results, "cfg_generation")
+    assert task_kind(results, "cfg_generation") == "generation"
     text = report_text(str(tmp_path), "configs/papers/over_tokenized_cfg.py:smoke", rows,
                        results, plots=False)
     assert "Generation accuracy" in text and "memory-task token accuracy" not in text

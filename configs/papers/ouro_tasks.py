@@ -1,0 +1,130 @@
+"""Ouro / LoopLM (arXiv 2510.25741) Sec. 6: knowledge manipulation vs knowledge capacity of looped
+and non-looped models (spec ouro_looped_lm.md B.8, B.10 item 4).
+
+Paper: on Mano (modular-arithmetic expression trees, App. B.2) a k-layer block looped 12/k times
+beats the same block run once (iso-parameter) and comes close to, or beats, 12 distinct layers
+(iso-FLOP): e.g. L = 10: Base 2x1 21.5, Loop 2x6 98.1, Base 12x1 93.6 (% exact match). On Capo
+(synthetic biographies, App. B.1) looped and non-looped models store the same ~2 bits per
+parameter: looping adds manipulation, not knowledge capacity (Fig. 6 left).
+
+Ours (``cpu``): the Ouro CPU block (d 128, 4 heads, SwiGLU 384, sandwich RMSNorms, final norm
+after every loop, untied head, byte ids) in three shapes per task, as in the main Ouro sweep:
+
+  <task>_loop        2 shared layers x 4 loops (2x4)
+  <task>_iso_params  the 2 layers once (2x1): equal parameters
+  <task>_iso_flops   8 distinct layers once (8x1): equal FLOPs per token
+
+Training: the plain LM loss on the last loop's logits (``train.objective = "lm"``) with the exit
+gate off, so each row is a looped transformer as in Sec. 6 ([I]: the paper's synthetic-task
+models are trained on the final output; its exit gate belongs to the Ouro LM recipe; set
+``LOOP_GATE`` to train the Stage I objective instead). One pass over the data (online episodes).
+
+* ``mano``: F_23, ``ops ~ U[1, MANO_OPS]`` in training, scored on 1,024 held-out expressions with
+  exactly ``MANO_OPS`` operations (the paper's test), exact match of the answer token (chance
+  1/23 = 0.043); only the answer token is trained (the paper's loss). Paper's L is 10-24 at
+  80K-200K steps of batch 128 on d 1024; ours is far smaller (see ``SIZES``).
+* ``capo``: ``CAPO_PEOPLE`` people (seedjax.data.capo; N0 = 50 x 50 names, log2 S0 = 34.4 bits
+  per person of attributes), trained on every token; the probe ``capo_capacity``
+  (seedjax.eval.capacity) measures p1, p2 and R(F) = bits / parameters on one biography per
+  person. With ~``exposures`` views of each biography (far fewer than the paper's 1,000) the
+  models are not at capacity: the measurable quantity is the ratio of the looped row to its
+  iso-parameter row (paper: 1), not the absolute 2 bits per parameter.
+
+  python -m experiments.reproduce --config configs/papers/ouro_tasks.py:cpu \
+      --out results/ouro_tasks --seeds 0,1,2
+
+``smoke``: the same rows at seconds-scale (the test suite runs them).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs.papers.common import base_config, row
+from configs.papers.ouro import looped_model
+
+VARIANTS = ("cpu", "smoke")
+PAPER_SCALE = {"what": "Mano: d 1024, 80K steps x batch 128 x 1024 tokens (L = 10)",
+               "params": 150e6, "tokens": 1.0e10}
+SMOKE_TRAIN_ROW = "mano_loop"
+LOOP_GATE = False          # True: exit gate + Stage I objective (beta 0.1) on the looped rows
+LAYERS, LOOPS = 2, 4
+SIZES = {
+    "cpu": dict(mano_ops=4, mano_seq=64, mano_batch=32, mano_steps=1000,
+                capo_people=200, capo_batch=16, capo_steps=1000, episodes=1024,
+                eval_batch=128),
+    "smoke": dict(mano_ops=2, mano_seq=32, mano_batch=4, mano_steps=3,
+                  capo_people=20, capo_batch=2, capo_steps=3, episodes=16, eval_batch=8),
+}
+MIN_BLOCKS = 512
+CAPO_SEQ = 256  # a biography is up to 222 bytes (CapoConfig.length)
+
+
+def _variant(variant) -> str:
+    variant = variant or "cpu"
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/papers/ouro_tasks.py variant {variant!r} unknown; allowed: "
+                         f"{VARIANTS}")
+    return variant
+
+
+def _blocks(s: dict, task: str) -> int:
+    """Train windows of a task's stream: one pass (steps x batch windows, each its own block of
+    episodes); at least ``MIN_BLOCKS`` so that the val split (5%) holds a batch at smoke size."""
+    return max(s[f"{task}_steps"] * s[f"{task}_batch"], MIN_BLOCKS)
+
+
+def _mano_source(s: dict) -> str:
+    return f"task:mano(modulus=23,max_ops={s['mano_ops']});blocks={_blocks(s, 'mano')}"
+
+
+def get_config(variant=None):
+    variant = _variant(variant)
+    s = SIZES[variant]
+    c = base_config(variant, "ouro_tasks")
+    c.model.update(looped_model())
+    c.model.update(n_layers=LAYERS, max_seq_len=max(CAPO_SEQ, s["mano_seq"]))
+    c.model.stack_kwargs.update(loops=LOOPS, exit_gate=LOOP_GATE)
+    c.train.update(objective="looped" if LOOP_GATE else "lm",
+                   objective_kwargs={"beta": 0.1} if LOOP_GATE else {})
+    c.data.update(source=_mano_source(s), seq_len=s["mano_seq"], batch_size=s["mano_batch"],
+                  tokenizer="byte", max_val_batches=8 if variant == "cpu" else 2)
+    c.train.update(steps=s["mano_steps"])
+    if variant == "cpu":
+        c.train.update(lr=3e-3, warmup_steps=100, eval_every=250, checkpoint_every=250,
+                       log_every=50)
+    c.task_eval = ml_collections.ConfigDict(dict(
+        tasks="", episodes=s["episodes"], batch_size=s["eval_batch"], seed=0))
+    c.sample.length = 16   # the tasks are symbolic: samples are for a glance only
+    return c
+
+
+def _shapes(task: str, paper: dict, **task_overrides) -> list:
+    """The three model shapes of one task (module docstring), paired with the looped row."""
+    plain = dict(model__stack="plain", model__stack_kwargs={}, train__objective="lm",
+                 train__objective_kwargs={})
+    loop = f"{task}_loop"
+    return [
+        row(loop, paper["loop"], task, vs=[], **task_overrides),  # no cross-task pairing
+        row(f"{task}_iso_params", paper["iso_params"], task, vs=loop, **plain,
+            **task_overrides),
+        row(f"{task}_iso_flops", paper["iso_flops"], task, vs=loop, **plain,
+            model__n_layers=LAYERS * LOOPS, **task_overrides),
+    ]
+
+
+def get_sweep(variant=None):
+    """Rows: Mano (manipulation) and Capo (capacity), each as 2x4 looped, 2x1 and 8x1."""
+    s = SIZES[_variant(variant)]
+    capo = dict(data__source=f"task:capo(n_people={s['capo_people']});"
+                             f"blocks={_blocks(s, 'capo')}",
+                data__seq_len=CAPO_SEQ, data__batch_size=s["capo_batch"],
+                train__steps=s["capo_steps"], task_eval__tasks="capo,capo_capacity")
+    return [
+        *_shapes("mano", {"loop": "Loop 2x6: 98.1 (L=10 exact match, %)",
+                          "iso_params": "Base 2x1: 21.5 (worse than the loop)",
+                          "iso_flops": "Base 12x1: 93.6 (close to the loop)"}),
+        *_shapes("capo", {"loop": "~2 bits/param, as non-looped (Fig. 6 left)",
+                          "iso_params": "~2 bits/param (equal to the loop)",
+                          "iso_flops": "~2 bits/param (4x the parameters, 4x the bits)"},
+                 **capo),
+    ]
