@@ -31,11 +31,15 @@ models are trained on the final output; its exit gate belongs to the Ouro LM rec
 * ``capo``: ``capo_people`` people (seedjax.data.capo; N0 = 50 x 50 names, log2 S0 = 36.8 bits
   per person of attributes), trained on every token, one biography per 256-token window; the
   probe ``capo_capacity`` (seedjax.eval.capacity) measures p1, p2 and R(F) = bits / parameters
-  on one biography per person. 500 people, 8,000 biographies: 16 exposures per person, far
-  fewer than the paper's 1,000, and 18 kbit of attribute knowledge against ~1M bits at 2 bits per
-  parameter. So the models are far from capacity: what is measured is how much each shape has
-  memorised after 16 exposures, and the ratio of the looped row to its iso-parameter row
-  (paper at capacity: 1), not the absolute 2 bits per parameter.
+  on one biography per person. 100 people, 8,000 biographies: 80 exposures per person (the
+  paper: 1,000) and 3.7 kbit of attribute knowledge against ~1M bits at 2 bits per parameter,
+  so the models are far from capacity: what is measured is how much each shape has memorised
+  after 80 exposures, and the ratio of the looped row to its iso-parameter row
+  (paper at capacity: 1), not the absolute 2 bits per parameter. A first seed-0 sizing with 500
+  people (16 exposures) memorised nothing: p1 = 25-30 and p2 = 26-43 nats per person against
+  ln N0 = 7.8 and ln S0 = 25.5 (byte-level names and values cost their spelling until they are
+  memorised), so R(F) was negative for every row (-0.027 2x1, -0.059 2x4) and the rows could
+  not be compared by it.
 
   python -m experiments.reproduce --config configs/papers/ouro_tasks.py:cpu \
       --out results/ouro_tasks --seeds 0,1,2
@@ -57,7 +61,7 @@ LOOP_GATE = False          # True: exit gate + Stage I objective (beta 0.1) on t
 LAYERS, LOOPS = 2, 4
 SIZES = {
     "cpu": dict(mano_modulus=7, mano_ops=3, mano_seq=64, mano_batch=32, mano_steps=1000,
-                capo_people=500, capo_batch=8, capo_steps=1000, episodes=1024,
+                capo_people=100, capo_batch=8, capo_steps=1000, episodes=1024,
                 eval_batch=128),
     "smoke": dict(mano_modulus=7, mano_ops=2, mano_seq=32, mano_batch=4, mano_steps=3,
                   capo_people=20, capo_batch=2, capo_steps=3, episodes=16, eval_batch=8),
