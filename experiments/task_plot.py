@@ -52,17 +52,16 @@ def plot_task_accuracy(out: str, rows: list, by_row: dict, task_names: list) -> 
     import matplotlib.pyplot as plt
 
     # per panel, the rows that have the task (a sweep may score different tasks per row)
-    panels = {t: [r["name"] for r in rows if task_values(by_row.get(r["name"], []), t)]
-              for t in task_names}
-    width = max(len(names) for names in panels.values())
+    panels = {t: {r["name"]: vals for r in rows
+                  if (vals := task_values(by_row.get(r["name"], []), t))} for t in task_names}
+    width = max(len(values) for values in panels.values())
     fig, axes = plt.subplots(1, len(task_names), squeeze=False,
                              figsize=(max(5, 0.8 * width) * len(task_names), 4))
     for ax, task in zip(axes[0], task_names):
-        names = panels[task]
+        names = list(panels[task])
         chance = next((c for n in names for x in by_row.get(n, [])
                        if (c := task_metric(x, task, "chance"))), None)
-        for i, n in enumerate(names):
-            vals = task_values(by_row.get(n, []), task)
+        for i, vals in enumerate(panels[task].values()):
             ax.plot([i] * len(vals), [v for _, v in vals], "o", ms=4, color="grey", alpha=0.7)
             m, s, _ = seed_stats([v for _, v in vals])
             ax.errorbar([i + 0.15], [m], yerr=[s], fmt="D", ms=6, capsize=4, color="C0")

@@ -37,6 +37,9 @@ PAPER_SCALE = {"what": "Ouro-1.4B (T = 4)", "params": 1_434_652_673, "tokens": 7
 SMOKE_TRAIN_ROW = "looped"
 STAGE_ONE = {"objective": "looped", "objective_kwargs": {"beta": 0.1}}
 CPU_LAYERS = 2
+# sweep-row overrides that make a looped row a plain (non-looped) LM with the LM loss
+NON_LOOPED = dict(model__stack="plain", model__stack_kwargs={}, train__objective="lm",
+                  train__objective_kwargs={})
 
 
 def looped_model(loops: int = 4, exit_threshold: float = 1.0) -> dict:
@@ -84,8 +87,6 @@ def get_sweep(variant=None):
     entropy term), 0.01 and 0.05 (the beta sweep of spec B.10), and non-looped models of equal
     parameters (the L blocks once) and equal FLOPs (4L distinct blocks)."""
     layers = get_config(variant).model.n_layers
-    plain = dict(model__stack="plain", model__stack_kwargs={}, train__objective="lm",
-                 train__objective_kwargs={})
     return [
         row("looped", "L(1) > L(2) > L(3) >= L(4) (B.10: 4.134, 3.962, 3.941, 3.946)",
             "main"),
@@ -95,7 +96,7 @@ def get_sweep(variant=None):
               "(the released schedule: 0.1, then 0.05; Table 1)", "beta",
               train__objective_kwargs={"beta": float(b)}) for b in ("0.01", "0.05")],
         row("dense_iso_params", "worse (iso-parameter; Ouro-1.4B ~ 4B dense, sec. 5)", "dense",
-            **plain),
+            **NON_LOOPED),
         row("dense_iso_flops", "about equal (iso-FLOP; Ouro-1.4B ~ 4B dense, sec. 5)",
-            "dense", model__n_layers=4 * layers, **plain),
+            "dense", model__n_layers=4 * layers, **NON_LOOPED),
     ]

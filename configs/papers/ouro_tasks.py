@@ -51,7 +51,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.papers.common import base_config, row
-from configs.papers.ouro import looped_model
+from configs.papers.ouro import NON_LOOPED, looped_model
 
 VARIANTS = ("cpu", "smoke")
 PAPER_SCALE = {"what": "Mano: d 1024, 80K steps x batch 128 x 1024 tokens (L = 10)",
@@ -112,14 +112,12 @@ def get_config(variant=None):
 
 def _shapes(task: str, paper: dict, **task_overrides) -> list:
     """The three model shapes of one task (module docstring), paired with the looped row."""
-    plain = dict(model__stack="plain", model__stack_kwargs={}, train__objective="lm",
-                 train__objective_kwargs={})
     loop = f"{task}_loop"
     return [
         row(loop, paper["loop"], task, vs=[], **task_overrides),  # no cross-task pairing
-        row(f"{task}_iso_params", paper["iso_params"], task, vs=loop, **plain,
+        row(f"{task}_iso_params", paper["iso_params"], task, vs=loop, **NON_LOOPED,
             **task_overrides),
-        row(f"{task}_iso_flops", paper["iso_flops"], task, vs=loop, **plain,
+        row(f"{task}_iso_flops", paper["iso_flops"], task, vs=loop, **NON_LOOPED,
             model__n_layers=LAYERS * LOOPS, **task_overrides),
     ]
 

@@ -219,20 +219,21 @@ def cfg_generation(model, task: CfgTaskConfig, *, episodes: int = 1000, batch_si
             "top_p": float(top_p), "sample_s": time.time() - t0}
 
 
-def capo_capacity(model, task, *, batch_size: int = 32, seed: int = 0, **_) -> dict:
+def capo_capacity(model, task, *, batch_size: int = 32, seed: int = 0,
+                  episodes: int | None = None) -> dict:
     """Knowledge capacity of ``model`` on the world of ``task`` (a ``CapoConfig``; module
     docstring). ``seed`` picks the biography template of each person; ``episodes`` is unused
     (every person is scored once)."""
+    del episodes
     from seedjax.eval.capacity import evaluate_capacity  # pylint: disable=g-import-not-at-top
     return evaluate_capacity(model, task, seed=seed, batch_size=batch_size)
 
 
-# whole-model probes: name -> fn(model, run config, episodes=, batch_size=, seed=)
+# whole-model probes: name -> (the task its run must train on, fn(model, that task's config,
+# episodes=, batch_size=, seed=))
 MODEL_PROBES = {
-    "cfg_generation": lambda model, config, **kw: cfg_generation(
-        model, source_task(config, "cfg", "cfg_generation"), **kw),
-    "capo_capacity": lambda model, config, **kw: capo_capacity(
-        model, source_task(config, "capo", "capo_capacity"), **kw),
+    "cfg_generation": ("cfg", cfg_generation),
+    "capo_capacity": ("capo", capo_capacity),
 }
 
 
@@ -270,8 +271,14 @@ def evaluate_config(model, config, *, progress: bool = False) -> dict | None:
         out = evaluate_tasks(model, tasks, n_episodes=kw["episodes"], seed=kw["seed"],
                              batch_size=kw["batch_size"], progress=progress)
     for n in probes:
-        out[n] = MODEL_PROBES[n](model, config, **kw)
+        task, probe = MODEL_PROBES[n]
+        out[n] = probe(model, source_task(config, task, n), **kw)
     return {n: out[n] for n in (names or out)}
+
+
+def _table(header: list[str], rows: list[str]) -> list[str]:
+    """The lines of one markdown table: header cells, separator, rows."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
 
 
 def markdown_table(results: dict) -> str:
@@ -281,28 +288,26 @@ def markdown_table(results: dict) -> str:
     gen = {k: m for k, m in results.items() if "gen_acc" in m}
     cap = {k: m for k, m in results.items() if "bits_per_param" in m}
     forced = {k: m for k, m in results.items() if k not in gen and k not in cap}
-    lines = []
+    tables = []
     if forced or not (gen or cap):
-        lines = ["| task | token acc | exact match | chance | unseen-x acc (chance) | queries |",
-                 "|---|---|---|---|---|---|"]
-    for name, m in forced.items():
-        unseen = (f"{m['unseen_token_acc']:.3f} ({m['unseen_chance']:.3f})"
-                  if "unseen_token_acc" in m else "")
-        lines.append(f"| {name} | {m['token_acc']:.3f} | {m['exact_match']:.3f} | "
-                     f"{m['chance']:.3f} | {unseen} | {m['n_queries']} |")
+        tables.append(_table(
+            ["task", "token acc", "exact match", "chance", "unseen-x acc (chance)", "queries"],
+            [f"| {k} | {m['token_acc']:.3f} | {m['exact_match']:.3f} | {m['chance']:.3f} | "
+             + (f"{m['unseen_token_acc']:.3f} ({m['unseen_chance']:.3f})"
+                if "unseen_token_acc" in m else "") + f" | {m['n_queries']} |"
+             for k, m in forced.items()]))
     if gen:
-        lines += [*([""] if lines else []),
-                  "| task | generation acc | 95% CI | mean length (grammar) | truncated | "
-                  "distinct | samples |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {m['gen_acc']:.3f} | [{m['gen_ci95'][0]:.3f}, "
-                  f"{m['gen_ci95'][1]:.3f}] | {m['mean_length']:.1f} "
-                  f"({m['ref_mean_length']:.1f}) | {m['n_truncated']} | {m['n_distinct']} | "
-                  f"{m['n_episodes']} |" for k, m in gen.items()]
+        tables.append(_table(
+            ["task", "generation acc", "95% CI", "mean length (grammar)", "truncated",
+             "distinct", "samples"],
+            [f"| {k} | {m['gen_acc']:.3f} | [{m['gen_ci95'][0]:.3f}, {m['gen_ci95'][1]:.3f}] | "
+             f"{m['mean_length']:.1f} ({m['ref_mean_length']:.1f}) | {m['n_truncated']} | "
+             f"{m['n_distinct']} | {m['n_episodes']} |" for k, m in gen.items()]))
     if cap:
-        lines += [*([""] if lines else []),
-                  "| probe | bits / param | bits (max) | p1 name nats | p2 attribute nats | "
-                  "params | people |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {m['bits_per_param']:.4f} | {m['bits']:.0f} ({m['max_bits']:.0f}) "
-                  f"| {m['p1']:.2f} | {m['p2']:.2f} | {m['n_params']} | {m['n_people']} |"
-                  for k, m in cap.items()]
-    return "\n".join(lines)
+        tables.append(_table(
+            ["probe", "bits / param", "bits (max)", "p1 name nats", "p2 attribute nats",
+             "params", "people"],
+            [f"| {k} | {m['bits_per_param']:.4f} | {m['bits']:.0f} ({m['max_bits']:.0f}) | "
+             f"{m['p1']:.2f} | {m['p2']:.2f} | {m['n_params']} | {m['n_people']} |"
+             for k, m in cap.items()]))
+    return "\n\n".join("\n".join(t) for t in tables)
