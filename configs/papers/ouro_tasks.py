@@ -63,8 +63,8 @@ SIZES = {
     "cpu": dict(mano_modulus=7, mano_ops=3, mano_seq=64, mano_batch=32, mano_steps=1000,
                 capo_people=100, capo_batch=8, capo_steps=1000, episodes=1024,
                 eval_batch=128),
-    "smoke": dict(mano_modulus=7, mano_ops=2, mano_seq=32, mano_batch=4, mano_steps=3,
-                  capo_people=20, capo_batch=2, capo_steps=3, episodes=16, eval_batch=8),
+    "smoke": dict(mano_modulus=7, mano_ops=2, mano_seq=32, mano_batch=8, mano_steps=3,
+                  capo_people=20, capo_batch=8, capo_steps=3, episodes=16, eval_batch=8),
 }
 MIN_BLOCKS = 512
 CAPO_SEQ = 256  # a biography is up to 222 bytes (CapoConfig.length)
