@@ -3,6 +3,7 @@
   python -m experiments.bench lm [--variants smoke,tiny,small] [--steps 5]
   python -m experiments.bench connections [--steps 5]
   python -m experiments.bench memory [--mem_d_model 512] [--mem_batches 1,4,16,64,256]
+  python -m experiments.bench decode_profile [--mem_batches 1,16,64,256] [--profile_reps 20]
   python -m experiments.bench looped [--looped_new_tokens 64] [--looped_workdir RUN]
   python -m experiments.bench over_encoding [--oe_sizes 16381,65521,...] [--oe_rounds 12]
   python -m experiments.bench moe [--moe_experts 8,16,32] [--moe_top_ks 2,4] [--moe_rounds 5]
@@ -18,6 +19,10 @@ FLOPs/token and ~11x its parameters, and a fine-grained MoE of the same total pa
 activated FLOPs; the time of one forward call on x [B, 1, d] (a decode step) for each B, beside
 the cost model's weight bytes and FLOPs per step (``seedjax/train/memory_cost.py``). Also writes
 memory.png (time and bytes vs B, log-log).
+
+``decode_profile``: the same layers under the JAX profiler, each compiled op's time grouped into
+matmul / top-k / gather / sort / other, with the largest ops named
+(``experiments/bench_profile.py``): where a decode step goes.
 """
 from __future__ import annotations
 
@@ -48,6 +53,8 @@ flags.DEFINE_list("mem_batches", ["1", "4", "16", "64", "256"],
 flags.DEFINE_integer("mem_rounds", 60, "memory: interleaved timing rounds (median reported).")
 flags.DEFINE_integer("mem_bandwidth_mb", 256, "memory: array size of the read-bandwidth probe.")
 flags.DEFINE_bool("mem_plot", True, "memory: write memory.png.")
+flags.DEFINE_integer("profile_reps", 20, "decode_profile: profiled calls per layer and B (the "
+                     "layers and B come from the mem_ flags).")
 flags.DEFINE_integer("looped_new_tokens", 64, "looped: greedy tokens decoded per setting.")
 flags.DEFINE_integer("looped_repeats", 3, "looped: timed calls per setting (best reported).")
 flags.DEFINE_string("looped_workdir", None, "looped: a trained looped run's workdir (default: "
@@ -358,7 +365,8 @@ def _command(sub: str, prefix: str, *names: str) -> str:
     return " ".join(["python -m experiments.bench", sub, *set_flags])
 
 
-SUBCOMMANDS = ("lm", "connections", "memory", "looped", "over_encoding", "moe")
+SUBCOMMANDS = ("lm", "connections", "memory", "decode_profile", "looped", "over_encoding",
+               "moe")
 
 
 def check_flags(sub: str) -> dict:
@@ -392,7 +400,9 @@ def check_flags(sub: str) -> dict:
             check_int(f"--{name}", FLAGS[name].value)
         check_design(FLAGS.moe_d_model, cli.int_list("--moe_experts", FLAGS.moe_experts, 1),
                      cli.int_list("--moe_top_ks", FLAGS.moe_top_ks, 1), FLAGS.moe_dispatches)
-    if sub != "memory":
+    if sub == "decode_profile":
+        check_int("--profile_reps", FLAGS.profile_reps)
+    if sub not in ("memory", "decode_profile"):
         return {}
     cli.int_list("--mem_batches", FLAGS.mem_batches, minimum=1)
     for name in ("mem_d_model", "mem_moe_top_k", "mem_v2_topk", "mem_v1_topk", "mem_rounds",
@@ -442,6 +452,12 @@ def main(argv):
                      batches=[int(x) for x in FLAGS.mem_batches], rounds=FLAGS.mem_rounds,
                      bandwidth_mb=FLAGS.mem_bandwidth_mb, out_dir=FLAGS.out, plot=FLAGS.mem_plot,
                      command=_command("memory", "mem_", "out"), design=design)
+        return
+    if argv[1] == "decode_profile":
+        from experiments.bench_profile import bench_decode_profile
+        bench_decode_profile(FLAGS.out, design=design, batches=[int(x) for x in FLAGS.mem_batches],
+                             reps=FLAGS.profile_reps,
+                             command=_command("decode_profile", "mem_", "profile_reps", "out"))
         return
     if argv[1] == "connections":
         bench_connections(FLAGS.steps, FLAGS.out)

@@ -99,8 +99,16 @@ def _embedding_bag_xla(values, indices, weights, groups, n_groups):
     rows = gather_rows(values, indices)                                      # [..., K, Dv]
     rows = rows.reshape(*rows.shape[:-1], n_slices, -1).astype(acc)         # [..., K, S, Dv/S]
     w = weights.astype(acc)
+    if groups is None and n_slices == 1:
+        out = jnp.einsum("...k,...kd->...d", w[..., 0], rows[..., 0, :], preferred_element_type=acc)
+        return out.astype(values.dtype)
     if groups is None:
-        out = jnp.einsum("...ks,...ksd->...sd", w, rows, preferred_element_type=acc)
+        # every (slice weight, value column) pair from the rows in their gathered layout, then
+        # the S diagonal blocks: S x the (tiny) FLOPs, but no transposed copy of the rows
+        full = jnp.einsum("...ks,...kd->...sd", w, rows.reshape(*rows.shape[:-2], -1),
+                          preferred_element_type=acc)                       # [..., S, Dv]
+        dv = full.shape[-1] // n_slices
+        out = jnp.stack([full[..., s, s * dv:(s + 1) * dv] for s in range(n_slices)], axis=-2)
         return out.reshape(*out.shape[:-2], -1).astype(values.dtype)
     onehot = jax.nn.one_hot(groups, n_groups, dtype=acc)                     # [..., K, G]
     out = jnp.einsum("...kg,...ks,...ksd->...gsd", onehot, w, rows, preferred_element_type=acc)
