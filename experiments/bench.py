@@ -2,6 +2,7 @@
 
   python -m experiments.bench lm [--variants smoke,tiny,small] [--steps 5]
   python -m experiments.bench connections [--steps 5]
+  python -m experiments.bench connection_memory [--conn_widths 128,512,1024]
   python -m experiments.bench memory [--mem_d_model 512] [--mem_batches 1,4,16,64,256]
   python -m experiments.bench decode_profile [--mem_batches 1,16,64,256] [--profile_reps 20]
   python -m experiments.bench looped [--looped_new_tokens 64] [--looped_workdir RUN]
@@ -53,6 +54,8 @@ flags.DEFINE_list("mem_batches", ["1", "4", "16", "64", "256"],
 flags.DEFINE_integer("mem_rounds", 60, "memory: interleaved timing rounds (median reported).")
 flags.DEFINE_integer("mem_bandwidth_mb", 256, "memory: array size of the read-bandwidth probe.")
 flags.DEFINE_bool("mem_plot", True, "memory: write memory.png.")
+flags.DEFINE_list("conn_widths", ["128", "512", "1024"],
+                  "connection_memory: model widths d (mlp_dim = 3 d).")
 flags.DEFINE_integer("profile_reps", 20, "decode_profile: profiled calls per layer and B (the "
                      "layers and B come from the mem_ flags).")
 flags.DEFINE_integer("looped_new_tokens", 64, "looped: greedy tokens decoded per setting.")
@@ -365,8 +368,8 @@ def _command(sub: str, prefix: str, *names: str) -> str:
     return " ".join(["python -m experiments.bench", sub, *set_flags])
 
 
-SUBCOMMANDS = ("lm", "connections", "memory", "decode_profile", "looped", "over_encoding",
-               "moe")
+SUBCOMMANDS = ("lm", "connections", "connection_memory", "memory", "decode_profile", "looped",
+               "over_encoding", "moe")
 
 
 def check_flags(sub: str) -> dict:
@@ -402,6 +405,8 @@ def check_flags(sub: str) -> dict:
                      cli.int_list("--moe_top_ks", FLAGS.moe_top_ks, 1), FLAGS.moe_dispatches)
     if sub == "decode_profile":
         check_int("--profile_reps", FLAGS.profile_reps)
+    if sub == "connection_memory":
+        cli.int_list("--conn_widths", FLAGS.conn_widths, minimum=8)
     if sub not in ("memory", "decode_profile"):
         return {}
     cli.int_list("--mem_batches", FLAGS.mem_batches, minimum=1)
@@ -458,6 +463,12 @@ def main(argv):
         bench_decode_profile(FLAGS.out, design=design, batches=[int(x) for x in FLAGS.mem_batches],
                              reps=FLAGS.profile_reps,
                              command=_command("decode_profile", "mem_", "profile_reps", "out"))
+        return
+    if argv[1] == "connection_memory":
+        from experiments.bench_connection_memory import bench_connection_memory
+        bench_connection_memory(FLAGS.out, [int(w) for w in FLAGS.conn_widths],
+                                arms=CONNECTION_ARMS, tpu_temp=tpu_grad_temp_bytes,
+                                command=_command("connection_memory", "conn_", "out"))
         return
     if argv[1] == "connections":
         bench_connections(FLAGS.steps, FLAGS.out)
