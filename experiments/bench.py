@@ -120,7 +120,7 @@ def bench_lm_variant(variant: str, steps: int, peak: float) -> dict:
         jax.block_until_ready(m["loss"])
 
     run()
-    step_s, step_p90 = _median_time(run, steps)
+    step_s, step_p90, probe = _interleaved_with_probe(run, steps, b * t, mcfg, params)
     fwd = jax.jit(lambda p, x: mdef.merge(p)(x).logits.sum())
     fwd(holder["s"]["params"], batch["inputs"]).block_until_ready()
     fwd_s, _ = _median_time(lambda: fwd(holder["s"]["params"], batch["inputs"]).block_until_ready(),
@@ -134,10 +134,43 @@ def bench_lm_variant(variant: str, steps: int, peak: float) -> dict:
         "compile_s": compile_s, "step_s": step_s, "step_p90_s": step_p90, "fwd_s": fwd_s,
         "tokens_per_s": b * t / step_s, "model_tflops_per_step": model_flops / 1e12,
         "xla_tflops_per_step": xla_flops / 1e12, "tflops_per_device": tflops,
-        "mfu": tflops * 1e12 / peak,
+        "mfu": tflops * 1e12 / peak, **probe,
+        "mfu_vs_probe": tflops * 1e12 / probe["probe_flops_best"],
         "breakdown_fwd_flops_per_token": flops_lib.lm_forward_flops_per_token(mcfg, t),
         "components_s": parts,
     }
+
+
+def _interleaved_with_probe(run, steps: int, tokens: int, mcfg, params, probes: int = 3):
+    """Times ``steps`` calls of ``run`` with ``probes`` matmul probes after each one, so the
+    peak the step is compared with is measured on the same machine state. The probe is the
+    model's own widest projection shape, [tokens, d] x [d, mlp_dim] in the parameters' dtype;
+    its rate is the best over all probes (a step cannot beat the best matmul it contains).
+    Returns (step median s, step p90 s, {"probe_shape", "probe_flops_best",
+    "probe_flops_median", "probe_flops_worst"})."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    dtype = jax.tree.leaves(params)[0].dtype
+    m, k, n = tokens, mcfg.d_model, mcfg.mlp_dim
+    a, w = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
+    mm = jax.jit(lambda a, w: a @ w)
+    mm(a, w).block_until_ready()
+    step_t, probe_t = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        run()
+        step_t.append(time.perf_counter() - t0)
+        for _ in range(probes):
+            t0 = time.perf_counter()
+            mm(a, w).block_until_ready()
+            probe_t.append(time.perf_counter() - t0)
+    rates = 2.0 * m * k * n / np.asarray(probe_t)
+    return (float(np.median(step_t)), float(np.percentile(step_t, 90)),
+            {"probe_shape": [m, k, n], "probe_flops_best": float(rates.max()),
+             "probe_flops_median": float(np.median(rates)),
+             "probe_flops_worst": float(rates.min())})
 
 
 def _component_times(mcfg, b, t, tx, params, steps) -> dict:
@@ -205,14 +238,21 @@ def bench_lm(variants, steps, out_dir):
           f"start-of-run {matmul_f32 / 1e9:.1f} and end-of-run {peak_end / 1e9:.1f} GFLOP/s "
           "2048^3 f32 matmuls).", "",
           "| variant | params | batch x seq | compile s | step s (p90) | fwd s | tokens/s | "
-          "model GFLOP/step | XLA GFLOP/step | GFLOP/s/device | MFU |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "model GFLOP/step | XLA GFLOP/step | GFLOP/s/device | MFU | probe GFLOP/s best "
+          "(median, worst) | MFU vs probe |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['variant']} | {r['params'] / 1e6:.2f}M | {r['batch']}x{r['seq_len']} | "
                   f"{r['compile_s']:.1f} | {r['step_s']:.3f} ({r['step_p90_s']:.3f}) | "
                   f"{r['fwd_s']:.3f} | {r['tokens_per_s']:.0f} | "
                   f"{r['model_tflops_per_step'] * 1e3:.1f} | {r['xla_tflops_per_step'] * 1e3:.1f} | "
-                  f"{r['tflops_per_device'] * 1e3:.1f} | {r['mfu']:.1%} |")
+                  f"{r['tflops_per_device'] * 1e3:.1f} | {r['mfu']:.1%} | "
+                  f"{r['probe_flops_best'] / 1e9:.1f} ({r['probe_flops_median'] / 1e9:.1f}, "
+                  f"{r['probe_flops_worst'] / 1e9:.1f}) | {r['mfu_vs_probe']:.1%} |")
+    md += ["", "Probe: the variant's [batch x seq, d] x [d, mlp_dim] matmul, 3 times after every "
+           "timed step (interleaved, so it sees the same machine state); its best rate is the "
+           "denominator of 'MFU vs probe', a ceiling no step can beat. The 2048^3 probe of the "
+           "'MFU' column is measured once at the start and end of the run."]
     md += ["", "Where the step time goes (seconds; attention core and optimizer measured alone, "
            "dense projections = their FLOPs at the matmul peak; rest = norms, RoPE, SwiGLU "
            "elementwise, cross-entropy, GEMM shapes below peak, fusion boundaries):", "",
