@@ -23,6 +23,8 @@ Base: the 1.3M-parameter byte LM of configs/papers/common.py (d=128, 6 layers, S
     paper's 789^2 x 288 top-48 (plain) vs 558^2 x (288 + 288) top-24 (PEER).
   * Init: eq. 26 ("paper", the default) vs the released code's N(0, 0.02) tables. The PEER,
     Tucker-penalty and sharing ablations run on both inits (``v2_official_*`` rows).
+  * MCP (V2 Table 4): Dk 16 / 48 / 64 with the FFN at 320 / 256 / 224 (MCP 11 / 21 / 27%; the
+    V2 rows' Dk 32 is 16%), forward FLOPs equal within 0.3%, on the released init.
 Pairing (``vs``, the report's per-seed differences): MoE and UltraMem vs dense, both V2 inits vs
 UltraMem, each ablation vs the V2 row of its init.
 Paper column: V2 Table 3 eval loss at 227M/1.2B and the ablation deltas of §4.2.
@@ -63,6 +65,15 @@ V2_SMOKE = {"n_keys": 6, "k_dim": 8, "topk": 4, "v_dim": 8, "p_dim": 4}
 MEMORY_PLUS = {"n_keys": 84, "heads": 4, "k_dim": 64, "topk": 32}
 PEER = {"n_keys": 36, "heads": 2, "k_dim": 32, "topk": 48}
 SMOKE_PK = {"n_keys": 4, "heads": 2, "k_dim": 8, "topk": 2}
+
+# V2 Table 4 (MCP = memory-layer FLOPs / all forward FLOPs; 17% best, a U-shape over 12-27.5%):
+# (MCP %, Dk, FFN width) with the FFN re-solved so forward FLOPs stay at the V2 row's
+# (2.82-2.83 MFLOP/token; total parameters move with Dk and the FFN, 2.9-3.2M); the V2 rows'
+# Dk 32 is MCP 16%. The paper holds parameters equal too, which one knob cannot do here.
+MCP_ROWS = {False: ((11, 16, 320, "MCP 12.0%: worse than 17% (Table 4)"),
+                    (21, 48, 256, "MCP 19.5-23%: worse than 17% (Table 4)"),
+                    (27, 64, 224, "MCP 27.5%: worse than 17% (Table 4)")),
+            True: ((11, 4, 56, "-"),)}
 
 SMOKE_TRAIN_ROW = "ultramem_v2"   # the row the test suite trains end-to-end
 
@@ -162,6 +173,11 @@ def get_sweep(variant=None):
         v2("v2_official_value_lr4", "4x->1x best early (Fig. 13)", "lr", vs="v2_official_init",
            init="official", train__lr_multipliers={"memory_values": {
                "start": 4.0, "end": 1.0, "decay_steps": 3 if smoke else 600}}),
+        # V2 Table 4 / Fig. 5 (MCP sweep): Dk moves compute between the retrieval and the FFN,
+        # whose width is re-solved so forward FLOPs stay at 2.82-2.83 MFLOP/token
+        *(v2(f"v2_official_mcp{mcp}", paper, "mcp", vs="v2_official_init", init="official",
+             k_dim=dk, model__mlp_dim=ffn)
+          for mcp, dk, ffn, paper in MCP_ROWS[smoke]),
         row("memory_plus", "2.920 (Memory+-227M/1.2B)", "T3",
             vs=["v2_official_init", "ultramem", "dense"], model__memory="memory_plus",
             model__memory_layers="0:0" if smoke else "1:1/3:3", model__mlp_dim=small_ffn,
