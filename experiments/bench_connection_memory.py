@@ -24,14 +24,13 @@ def bench_connection_memory(out_dir: str, widths, *, arms: dict, tpu_temp, comma
     ratios to the width's baseline). ``arms``: {name: config overrides} (bench.CONNECTION_ARMS);
     ``tpu_temp(model_cfg, batch, seq)``: gradient temp bytes or None without libtpu
     (bench.tpu_grad_temp_bytes), which raises RuntimeError here (nothing to measure)."""
-    import jax
-    import numpy as np
     from flax import nnx
 
     from configs.papers.common import base_config
     from experiments.bench_common import machine, write_result
     from experiments.overrides import apply_overrides
     from seedjax.models import LM, LMConfig
+    from seedjax.train.state import abstract_model, count_params
 
     base = base_config("cpu", "bench_connection_memory")
     b, t = int(base.data.batch_size), int(base.data.seq_len)
@@ -46,9 +45,8 @@ def bench_connection_memory(out_dir: str, widths, *, arms: dict, tpu_temp, comma
             if temp is None:
                 raise RuntimeError("connection_memory needs libtpu (pip install libtpu) for its "
                                    "AOT TPU compiles")
-            shapes = nnx.state(nnx.eval_shape(lambda: LM(LMConfig.from_dict(model_cfg),
-                                                         rngs=nnx.Rngs(0))), nnx.Param)
-            params = int(sum(np.prod(a.shape) for a in jax.tree.leaves(shapes)))
+            params = count_params(nnx.state(abstract_model(
+                lambda: LM(LMConfig.from_dict(model_cfg), rngs=nnx.Rngs(0))), nnx.Param))
             total = temp + BYTES_PER_PARAM * params
             ref = ref or (temp, total)
             rows.append({"d_model": d, "arm": arm, "params": params, "tpu_grad_temp_bytes": temp,

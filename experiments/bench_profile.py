@@ -115,14 +115,14 @@ def profile_ops(fn, args, reps: int, per_call: int = 1) -> tuple[dict, dict]:
     import jax
     from jax.profiler import ProfileData
 
-    jitted = jax.jit(fn)
-    classes = classify_hlo(jitted.lower(*args).compile().as_text())
-    jax.block_until_ready(jitted(*args))
+    compiled = jax.jit(fn).lower(*args).compile()     # the module profiled is the one classified
+    classes = classify_hlo(compiled.as_text())
+    jax.block_until_ready(compiled(*args))
     trace_dir = tempfile.mkdtemp(prefix="decode_profile_")
     try:
         with jax.profiler.trace(trace_dir):
             for _ in range(reps):
-                jax.block_until_ready(jitted(*args))
+                jax.block_until_ready(compiled(*args))
         files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
         if not files:
             raise RuntimeError(f"the profiler wrote no trace under {trace_dir}")
@@ -175,7 +175,7 @@ def bench_decode_profile(out_dir: str, *, design: dict, batches, reps: int = 10,
                          **summarize(*profile_ops(fn, (params, xs), reps, per_call=steps))})
     result = {"command": command, "machine": machine(), "d_model": d, "reps": reps,
               "steps": steps, "rows": rows}
-    result["machine"]["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+    result["machine"]["load_avg_end"] = machine()["load_avg"]
     write_result(out_dir, "decode_profile", result, _markdown(result, LABELS))
     return result
 

@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 from absl import flags
+from absl import logging as absl_logging
 
 from experiments import cli
 
@@ -35,21 +36,16 @@ def define_flags() -> None:
     flags.DEFINE_integer("batches", 2, "Validation batches per checkpoint.")
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-    """The steps of the checkpoints retained in ``workdir``/checkpoints, ascending."""
-    ckpt = os.path.join(workdir, "checkpoints")
-    return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) if os.path.isdir(ckpt) else []
-
-
-def run_trajectory(workdir: str, batches: int) -> dict:
-    """{"steps": [...], stat: [[per-sublayer values] per step]} for one run."""
+def run_trajectory(workdir: str, steps: list[int], batches: int) -> dict:
+    """{"steps": [...], stat: [[per-sublayer values] per step]} for one run's checkpoints at
+    ``steps``."""
     from experiments.diagnose_connections import val_tokens
     from seedjax.eval import connection_diagnostics as cd
     from seedjax.train.restore import load_model
 
     out = {"steps": [], **{k: [] for k, _ in STATS}}
     tokens = None
-    for step in checkpoint_steps(workdir):
+    for step in steps:
         model, config, got = load_model(workdir, step)
         if tokens is None:
             tokens = val_tokens(config, batches)
@@ -64,15 +60,17 @@ def run_trajectory(workdir: str, batches: int) -> dict:
 def run(workdirs: list[str], names: list[str] | None, out: str, batches: int = 2) -> dict:
     """Trajectories of every run; writes trajectory.json and trajectory.png to ``out``."""
     from experiments.diagnose_connections import check_runs
+    from seedjax.train.restore import checkpoint_steps
     names = check_runs(workdirs, names, batches)
-    for w in workdirs:
-        if len(checkpoint_steps(w)) < 2:
-            raise ValueError(f"workdir {w!r} keeps {len(checkpoint_steps(w))} checkpoint(s); a "
-                             "trajectory needs 2 or more (train with "
-                             "--config.train.keep_checkpoints=7 --config.train.checkpoint_every=100)")
+    steps = {w: checkpoint_steps(w) for w in workdirs}
+    for w, kept in steps.items():
+        if len(kept) < 2:
+            raise ValueError(f"workdir {w!r} keeps {len(kept)} checkpoint(s); a trajectory needs 2 "
+                             "or more (train with --config.train.keep_checkpoints=7 "
+                             "--config.train.checkpoint_every=100)")
     result = {"batches": batches, "runs": {}}
     for w, name in zip(workdirs, names):
-        result["runs"][name] = {"workdir": w, **run_trajectory(w, batches)}
+        result["runs"][name] = {"workdir": w, **run_trajectory(w, steps[w], batches)}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "trajectory.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -104,6 +102,7 @@ def _plot(result: dict, path: str) -> None:
 
 def main(argv):
     del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     with cli.expected_errors():
         if not FLAGS.out:
             raise ValueError("--out is required: the directory for trajectory.json / .png")

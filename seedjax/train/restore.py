@@ -61,6 +61,12 @@ def _checkpointer(workdir: str) -> Checkpointer:
     return Checkpointer(ckpt_dir)
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the checkpoints kept in ``workdir``/checkpoints, ascending (ValueError when
+    the run has no checkpoints/ directory)."""
+    return sorted(_checkpointer(workdir).manager.all_steps())
+
+
 def _pick_step(ckpt: Checkpointer, step: int | None) -> int:
     available = sorted(ckpt.manager.all_steps())
     if not available:

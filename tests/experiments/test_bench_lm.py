@@ -5,16 +5,11 @@ import json
 
 import pytest
 
-from experiments import bench
+from tests.experiments.bench_runner import run_bench
 
 
 def test_lm_smoke_with_interleaved_probe(tmp_path):
-    argv = ["bench", "lm", "--variants=smoke", "--steps=2", f"--out={tmp_path}"]
-    bench.FLAGS(argv)
-    try:
-        bench.main(bench.FLAGS(argv))
-    finally:
-        bench.FLAGS.unparse_flags()
+    run_bench("lm", "--variants=smoke", "--steps=2", f"--out={tmp_path}")
     (row,) = json.loads((tmp_path / "lm.json").read_text())["rows"]
     assert row["probe_flops_best"] >= row["probe_flops_median"] >= row["probe_flops_worst"] > 0
     tokens = row["batch"] * row["seq_len"]

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from experiments import bench
+from tests.experiments.bench_runner import run_bench
 
 MODELS = ("dense", "ultramem_v2", "ultramem", "moe", "moe_gather")
 
@@ -48,13 +49,8 @@ def test_unexpressible_shape_is_reported():
 
 
 def test_memory_subcommand_tiny(tmp_path):
-    argv = ["bench", "memory", "--mem_d_model=64", "--mem_ffn_dim=256", "--mem_batches=1,2",
-            "--mem_rounds=2", "--mem_bandwidth_mb=4", f"--out={tmp_path}"]
-    bench.FLAGS(argv)
-    try:
-        bench.main(bench.FLAGS(argv))
-    finally:
-        bench.FLAGS.unparse_flags()
+    run_bench("memory", "--mem_d_model=64", "--mem_ffn_dim=256", "--mem_batches=1,2",
+              "--mem_rounds=2", "--mem_bandwidth_mb=4", f"--out={tmp_path}")
     result = json.loads((tmp_path / "memory.json").read_text())
     for key in ("benchmark", "command", "versions", "devices", "cpu_count", "time", "dtype",
                 "bytes_per_param", "d_model", "ffn_dim", "batches", "rounds",

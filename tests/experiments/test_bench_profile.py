@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import bench
+from tests.experiments.bench_runner import run_bench
 from experiments.bench_profile import CLASSES, classify_hlo
 
 
@@ -34,13 +34,8 @@ def test_classify_hlo_rejects_text_without_entry():
 
 
 def test_decode_profile_subcommand_tiny(tmp_path):
-    argv = ["bench", "decode_profile", "--mem_d_model=64", "--mem_ffn_dim=256",
-            "--mem_batches=2", "--profile_reps=1", f"--out={tmp_path}"]
-    bench.FLAGS(argv)
-    try:
-        bench.main(bench.FLAGS(argv))
-    finally:
-        bench.FLAGS.unparse_flags()
+    run_bench("decode_profile", "--mem_d_model=64", "--mem_ffn_dim=256", "--mem_batches=2",
+              "--profile_reps=1", f"--out={tmp_path}")
     result = json.loads((tmp_path / "decode_profile.json").read_text())
     assert "--mem_batches=2" in result["command"] and result["steps"] == 8
     assert {r["layer"] for r in result["rows"]} == {"dense", "ultramem_v2", "ultramem", "moe"}

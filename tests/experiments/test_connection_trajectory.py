@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.connection_trajectory import STATS, checkpoint_steps, run
+from experiments.connection_trajectory import STATS, run
+from seedjax.train.restore import checkpoint_steps
 
 
 @pytest.fixture(scope="module")
