@@ -19,8 +19,8 @@ from experiments.bench_common import write_result as _write
 
 
 MEMORY_MODELS = ("dense", "ultramem_v2", "ultramem", "moe", "moe_gather")
-"""Arms: "moe" is ``MoEFFN`` with the "blocked_sliced" kernel (each block's expert weights read
-by a dynamic slice); "moe_gather" the same layer with the earlier "blocked" kernel (a [G, d, F]
+"""Arms: "moe" is ``MoEFFN`` with the "blocked_sliced" kernel (each touched expert's weights
+read once by a dynamic slice); "moe_gather" the same layer with the earlier "blocked" kernel (a [G, d, F]
 gather of expert weights per call), kept as the before-and-after of issue 23's fair MoE."""
 MEMORY_TOLERANCE = {"flops_rel": 0.05, "moe_params_rel": 0.05, "param_ratio_rel": 0.05}
 """Design tolerances (checked in the JSON's ``matching`` and by the test): activated FLOPs/token
@@ -178,15 +178,17 @@ def _touched(name, design, batch):
     return None, 0
 
 
-def moe_kernel_slices(moe, batch: int) -> int | None:
-    """[d, F_e] expert weight slices (per matrix) that ``MoEFFN``'s dropless "blocked" kernel
-    gathers for ``batch`` tokens: one per block of rows, G = floor((A + min(E, A)(b - 1)) / b)
-    with A = B k assignments and b = ``block_rows`` (``seedjax/nn/moe/experts.py``); G >= the
-    distinct experts touched, because every expert's queue is padded to whole blocks. None for
-    other kernels."""
+def moe_kernel_slices(moe, batch: int, touched: float | None = None) -> float | None:
+    """[d, F_e] expert weight slices (per matrix) that ``MoEFFN``'s dropless kernels read for
+    ``batch`` tokens. "blocked" gathers one per block of rows, G = floor((A + min(E, A)(b - 1))
+    / b) with A = B k assignments and b = ``block_rows`` (``seedjax/nn/moe/experts.py``), G >=
+    the distinct experts touched; "blocked_sliced" reads each touched expert once
+    (``touched``, the distinct experts of the routing). None for other kernels."""
     from seedjax.nn.moe.experts import block_rows
     if moe.capacity_factor is not None or moe.grouped_matmul not in ("blocked", "blocked_sliced"):
         return None
+    if moe.grouped_matmul == "blocked_sliced":
+        return touched
     a = batch * moe.top_k
     rows = block_rows(moe.block_size, a, moe.n_experts)
     return (a + min(moe.n_experts, a) * (rows - 1)) // rows
@@ -358,7 +360,7 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
             obs_bytes = None if nbytes is None or exp_u is None else \
                 nbytes + (obs_u - exp_u) * unit * bpp
             flops = info[name]["flops_per_token_module"] * b
-            slices = moe_kernel_slices(design[name], b) if name.startswith("moe") else None
+            slices = moe_kernel_slices(design[name], b, obs_u) if name.startswith("moe") else None
             rows.append({
                 "model": name, "batch": b, "time_s": float(np.median(t)),
                 "time_p10_s": float(np.percentile(t, 10)),
@@ -522,15 +524,16 @@ def _memory_markdown(r) -> list:
                for n in ("moe", "moe_gather")}
     if any(per_arm.values()):
         md += ["", "MoE kernels: both arms use `MoEFFN`'s dropless block layout (every expert's "
-               "queue padded to whole blocks of rows) and read one [d, F_e] weight slice per "
-               "block, more than the distinct experts touched. 'MoE (gathered blocks, before)' "
-               "(\"blocked\", blocks of up to 128 rows) copies the slices into a [G, d, F_e] "
-               "buffer with an XLA gather; 'MoE' (\"blocked_sliced\", blocks of up to 8 rows) "
-               "reads each block's expert by a dynamic slice in a loop over the blocks. Slices "
-               "per matrix / expected distinct experts, MB of weights read:"]
+               "queue padded to whole blocks of rows). 'MoE (gathered blocks, before)' "
+               "(\"blocked\", blocks of up to 128 rows) copies one [d, F_e] weight slice per "
+               "block into a [G, d, F_e] buffer with an XLA gather, more slices than distinct "
+               "experts; 'MoE' (\"blocked_sliced\", blocks of up to 8 rows) loops over the "
+               "touched experts, reads each one's weights once by a dynamic slice and runs its "
+               "blocks on them. Slices per matrix (observed) / expected distinct experts, MB of "
+               "weights read:"]
         for n, rows in per_arm.items():
             md.append(f"* {LABELS[n]}: " + "; ".join(
-                f"B={x['batch']}: {x['moe_kernel_slices']} / {x['touched_expected']:.1f}, "
+                f"B={x['batch']}: {x['moe_kernel_slices']:g} / {x['touched_expected']:.1f}, "
                 f"{x['moe_kernel_bytes'] / 1e6:.1f} MB" for x in rows))
         md += ["", "A grouped-GEMM kernel (GPU/TPU `ragged_dot`) reads each touched expert once; "
                "on CPU `ragged_dot` lowers to a dense matmul over all experts."]

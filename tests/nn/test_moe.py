@@ -13,7 +13,7 @@ from flax import nnx
 
 from seedjax.models import LM, LMConfig
 from seedjax.nn.moe import MoEConfig, MoEFFN, load_balance_loss
-from seedjax.nn.moe.experts import block_rows
+from seedjax.nn.moe.experts import blocked_linear, blocked_rows, block_rows, n_blocks
 from seedjax.nn.params import param_metadata
 from seedjax.train.flops import lm_forward_flops_per_token
 from seedjax.train.loop import Trainer
@@ -117,6 +117,36 @@ def test_forward_and_gradients_equal_brute_force(name):
     ref_flat = dict(jax.tree_util.tree_flatten_with_path(ref_grads)[0])
     for path, g in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(grads))[0]:
         np.testing.assert_allclose(g, ref_flat[path], atol=1e-5, rtol=1e-4, err_msg=str(path))
+
+
+def test_sliced_blocks_equal_gathered_blocks_with_skipped_experts():
+    """The per-expert loop of "blocked_sliced" equals the [G, i, o] gather kernel, output and
+    both gradients, on a routing where experts 1 and 4 get nothing, expert 2 fills three
+    blocks and the trailing blocks are unused (marked E, left zero)."""
+    n_exp, block, i, o = 6, 2, 5, 3
+    sizes = jnp.array([1, 0, 5, 2, 0, 1], jnp.int32)
+    sorted_expert = jnp.repeat(jnp.arange(n_exp, dtype=jnp.int32), sizes,
+                               total_repeat_length=12)                  # A = 12, 9 valid
+    r = blocked_rows(sorted_expert, sizes, n_exp, block)
+    g = n_blocks(12, n_exp, block)
+    assert r.groups.tolist() == [0, 2, 2, 2, 3, 5] + [n_exp] * (g - 6)
+    rng = np.random.default_rng(0)
+    rows = jnp.where(r.row_valid[:, None], rng.standard_normal((g * block, i)), 0)
+    rows = rows.astype(jnp.float32).reshape(g, block, i)
+    w = jnp.asarray(rng.standard_normal((n_exp, i, o)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal((n_exp, o)), jnp.float32)
+    ct = jnp.asarray(rng.standard_normal((g, block, o)), jnp.float32)
+
+    def loss(sliced):
+        lin = blocked_linear(r.groups, sliced=sliced)
+        return lambda a, w, b: jnp.sum(lin(a, w, b) * jnp.where(r.row_valid.reshape(g, block, 1),
+                                                                 ct, 0))
+    with jax.default_matmul_precision("highest"):
+        got = jax.value_and_grad(loss(True), argnums=(0, 1, 2))(rows, w, bias)
+        ref = jax.value_and_grad(loss(False), argnums=(0, 1, 2))(rows, w, bias)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not np.any(np.asarray(got[1][1])[[1, 4]])   # untouched experts: zero weight gradient
 
 
 def test_capacity_huge_equals_dropless_kernels():

@@ -20,11 +20,13 @@ row ``assign_row[t, j]`` back for every kept assignment. Three layouts:
   with the E group sizes (a grouped GEMM on TPU/GPU). On CPU with jax 0.10.2 it is correct,
   gradient included, but XLA lowers it to a dense masked matmul over all E experts with an
   [A, E d] operand, hence "blocked" is the default.
-* "blocked_sliced" (dropless): the "blocked" layout, but each block reads its expert's
-  weights by a dynamic slice inside a loop over the G blocks (``_block_matmul_sliced``)
-  instead of a [G, d, F] gather. XLA:CPU gathers large slices at about 1 GB/s, which is what
-  made the "blocked" MoE 13-19x its roofline at decode (issue 23); a dynamic slice is a
-  memcpy. The backward pass is a second loop that accumulates d_w in place.
+* "blocked_sliced" (dropless): the "blocked" layout, but a loop over the experts that own
+  blocks reads each one's weights once by a dynamic slice and multiplies its blocks by them
+  in an inner loop (``_block_matmul_sliced``), instead of a [G, d, F] gather; unused trailing
+  blocks are skipped. XLA:CPU gathers large slices at about 1 GB/s, which is what made the
+  "blocked" MoE 13-19x its roofline at decode (issue 23); a dynamic slice is a memcpy, and one
+  per touched expert is the fewest weight reads a dropless layout can do. The backward pass
+  runs the same loops and writes each expert's d_w once.
 * capacity C (``capacity_factor``): rows [E, C]; expert e takes the first C entries of its
   queue, later ones are dropped (kept = False: zero contribution, no renormalisation of the
   token's remaining weights). All E C slots are computed; no weight gather.
@@ -117,8 +119,9 @@ def blocked_rows(sorted_expert: jax.Array, sizes: jax.Array, n_experts: int,
                  block: int) -> SortedRows:
     """The "blocked" layout of A expert-sorted assignments (sorted_expert [A], the first
     sum(sizes) valid, sizes [E]): each expert's queue padded to whole blocks of ``block`` rows,
-    ``n_blocks(A, E, block)`` blocks. Shared by token choice ([T, k] sorted by ``_sorted_queues``)
-    and by expert-sorted (token, expert) pairs (``pair_experts``)."""
+    ``n_blocks(A, E, block)`` blocks; ``groups`` is the expert of each block, E for the trailing
+    blocks no expert uses (their rows are all padding). Shared by token choice ([T, k] sorted by
+    ``_sorted_queues``) and by expert-sorted (token, expert) pairs (``pair_experts``)."""
     a = sorted_expert.shape[0]
     starts = jnp.cumsum(sizes) - sizes
     padded = (sizes + block - 1) // block * block
@@ -126,10 +129,9 @@ def blocked_rows(sorted_expert: jax.Array, sizes: jax.Array, n_experts: int,
     pstarts = ends - padded
     g = n_blocks(a, n_experts, block)
     block_expert = jnp.searchsorted(ends, jnp.arange(g) * block, side="right",
-                                    method="compare_all")
-    block_expert = jnp.minimum(block_expert, n_experts - 1).astype(jnp.int32)
+                                    method="compare_all").astype(jnp.int32)   # E: unused
     rows = jnp.arange(g * block, dtype=jnp.int32)
-    e = block_expert[rows // block]
+    e = jnp.minimum(block_expert, n_experts - 1)[rows // block]
     p = rows - pstarts[e]       # trailing unused blocks: p >= padded[E-1] >= sizes[E-1]
     idx = jnp.arange(a, dtype=jnp.int32)
     valid = idx < jnp.sum(sizes)
@@ -186,22 +188,56 @@ def combine(rows: jax.Array, layout: Layout, weights: jax.Array) -> jax.Array:
 
 @jax.checkpoint
 def _block_matmul(rows: jax.Array, w: jax.Array, block_expert: jax.Array) -> jax.Array:
-    """rows [G, b, i] @ w[block_expert] [G, i, o] -> [G, b, o]; the [G, i, o] gather is
-    recomputed in the backward pass instead of being stored."""
-    return jnp.einsum("gbi,gio->gbo", rows, w[block_expert])
+    """rows [G, b, i] @ w[block_expert] [G, i, o] -> [G, b, o] (block_expert E, an unused
+    block, reads expert E - 1: its rows are zeros); the [G, i, o] gather is recomputed in the
+    backward pass instead of being stored."""
+    return jnp.einsum("gbi,gio->gbo", rows, w[jnp.minimum(block_expert, w.shape[0] - 1)])
 
 
 def _expert_slice(w: jax.Array, e: jax.Array) -> jax.Array:
     return jax.lax.dynamic_index_in_dim(w, e, keepdims=False)
 
 
+def _expert_runs(block_expert: jax.Array, n_experts: int):
+    """Block ranges of the experts that own blocks (block_expert [G] non-decreasing, E for
+    unused blocks) -> (touched experts [E] (the first ``n`` valid), first block [E], blocks [E],
+    n int32)."""
+    e = jnp.arange(n_experts, dtype=block_expert.dtype)
+    first = jnp.searchsorted(block_expert, e, side="left", method="compare_all")
+    count = jnp.searchsorted(block_expert, e, side="right", method="compare_all") - first
+    touched = jnp.nonzero(count > 0, size=n_experts, fill_value=0)[0]
+    return touched, first.astype(jnp.int32), count.astype(jnp.int32), \
+        jnp.sum(count > 0, dtype=jnp.int32)
+
+
+def _over_runs(block_expert: jax.Array, n_experts: int, per_expert: Callable, carry):
+    """``carry = per_expert(e, first_block, n_blocks, carry)`` for every expert owning blocks,
+    in expert order (a loop with a data-dependent trip count)."""
+    touched, first, count, n = _expert_runs(block_expert, n_experts)
+
+    def body(j, c):
+        e = touched[j]
+        return per_expert(e, first[e], count[e], c)
+    return jax.lax.fori_loop(0, n, body, carry)
+
+
 @jax.custom_vjp
 def _block_matmul_sliced(rows: jax.Array, w: jax.Array, block_expert: jax.Array) -> jax.Array:
-    """``_block_matmul`` as a loop over the G blocks that reads w[block_expert[g]] [i, o] with a
-    dynamic slice: no [G, i, o] gathered copy (XLA:CPU gathers large slices at ~1 GB/s, a
-    dynamic slice is a memcpy). Backward: a second loop giving d_rows and accumulating d_w in
-    place per block (d_w [E, i, o] is the only weight-sized buffer)."""
-    return jax.lax.map(lambda a: a[0] @ _expert_slice(w, a[1]), (rows, block_expert))
+    """``_block_matmul`` as a loop over the experts that own blocks: w[e] [i, o] is read once by
+    a dynamic slice (no [G, i, o] gathered copy: XLA:CPU gathers large slices at ~1 GB/s, a
+    dynamic slice is a memcpy), then an inner loop multiplies each of e's blocks by it; unused
+    blocks (expert E) are skipped and stay zero. Backward: the same loops, giving d_rows and
+    d_w[e] summed over e's blocks, written once per expert."""
+    def per_expert(e, first, count, out):
+        we = _expert_slice(w, e)
+
+        def block(g, o):
+            y = _expert_slice(rows, g) @ we
+            return jax.lax.dynamic_update_index_in_dim(o, y.astype(o.dtype), g, 0)
+        return jax.lax.fori_loop(first, first + count, block, out)
+
+    out = jnp.zeros(rows.shape[:2] + w.shape[2:], jnp.result_type(rows, w))
+    return _over_runs(block_expert, w.shape[0], per_expert, out)
 
 
 def _block_matmul_sliced_fwd(rows, w, block_expert):
@@ -210,14 +246,24 @@ def _block_matmul_sliced_fwd(rows, w, block_expert):
 
 def _block_matmul_sliced_bwd(res, dy):
     rows, w, block_expert = res
+    dy = dy.astype(rows.dtype)
 
-    def body(dw, a):
-        r, g, e = a
+    def per_expert(e, first, count, c):
+        dw, drows = c
         we = _expert_slice(w, e)
-        dwe = _expert_slice(dw, e) + (r.T @ g).astype(dw.dtype)
-        return jax.lax.dynamic_update_index_in_dim(dw, dwe, e, 0), (g @ we.T).astype(r.dtype)
 
-    dw, drows = jax.lax.scan(body, jnp.zeros_like(w), (rows, dy.astype(rows.dtype), block_expert))
+        def block(g, c2):
+            dwe, dr = c2
+            r, gy = _expert_slice(rows, g), _expert_slice(dy, g)
+            dr = jax.lax.dynamic_update_index_in_dim(dr, (gy @ we.T).astype(dr.dtype), g, 0)
+            return dwe + (r.T @ gy).astype(dwe.dtype), dr
+
+        dwe, drows = jax.lax.fori_loop(first, first + count, block,
+                                       (jnp.zeros(w.shape[1:], w.dtype), drows))
+        return jax.lax.dynamic_update_index_in_dim(dw, dwe, e, 0), drows
+
+    dw, drows = _over_runs(block_expert, w.shape[0], per_expert,
+                           (jnp.zeros_like(w), jnp.zeros_like(rows)))
     return drows, dw, None
 
 
@@ -233,7 +279,7 @@ def blocked_linear(block_expert: jax.Array, sliced: bool = False) -> Callable:
 
     def lin(a, w, b=None):
         y = matmul(a, w, block_expert)
-        return y if b is None else y + b[block_expert][:, None, :]
+        return y if b is None else y + b[jnp.minimum(block_expert, b.shape[0] - 1)][:, None, :]
     return lin
 
 
