@@ -1,7 +1,7 @@
 """Benchmarks. Writes JSON and a markdown table under results/bench/.
 
   python -m experiments.bench lm [--variants smoke,tiny,small] [--steps 5]
-  python -m experiments.bench connections [--steps 5]
+  python -m experiments.bench connections [--steps 5] [--conn_rounds 5] [--conn_widths 128,...]
   python -m experiments.bench connection_memory [--conn_widths 128,512,1024]
   python -m experiments.bench memory [--mem_d_model 512] [--mem_batches 1,4,16,64,256]
   python -m experiments.bench decode_profile [--mem_batches 1,16,64,256] [--profile_reps 20]
@@ -55,7 +55,9 @@ flags.DEFINE_integer("mem_rounds", 60, "memory: interleaved timing rounds (media
 flags.DEFINE_integer("mem_bandwidth_mb", 256, "memory: array size of the read-bandwidth probe.")
 flags.DEFINE_bool("mem_plot", True, "memory: write memory.png.")
 flags.DEFINE_list("conn_widths", ["128", "512", "1024"],
-                  "connection_memory: model widths d (mlp_dim = 3 d).")
+                  "connections / connection_memory: model widths d (mlp_dim = 3 d; connections "
+                  "times every arm at the first width, the recomputing arms at the others).")
+flags.DEFINE_integer("conn_rounds", 5, "connections: interleaved timing rounds per width.")
 flags.DEFINE_integer("profile_reps", 20, "decode_profile: profiled calls per layer and B (the "
                      "layers and B come from the mem_ flags).")
 flags.DEFINE_integer("looped_new_tokens", 64, "looped: greedy tokens decoded per setting.")
@@ -314,30 +316,29 @@ def tpu_grad_temp_bytes(model_cfg, batch: int, seq: int, chip: str = "v5e") -> i
     return int(jax.jit(jax.grad(loss)).lower(s, x).compile().memory_analysis().temp_size_in_bytes)
 
 
-def bench_connections(steps, out_dir, rounds: int = 5):
-    """Step time and XLA temp (activation) memory of each connection/norm arm relative to the
-    pre-norm baseline, on the reproduction model (configs/papers/common.py:cpu). Steps of all arms
-    are interleaved round-robin so machine drift affects every arm alike."""
+WIDE_ARMS = ("baseline", "hc_n4", "shc_n4", "fc_m4", "mhc_n4")
+"""Arms timed at widths past the first (the recomputing defaults; memory of all arms at every
+width is ``connection_memory``'s)."""
+
+
+def _time_connection_arms(base, arms: dict, batch: dict, steps: int, rounds: int) -> list[dict]:
+    """Compiles the train step of each arm (config overrides of ``base``), then times ``rounds``
+    x ``steps`` steps per arm, interleaved round-robin so machine drift affects every arm alike.
+    Rows of (params, median step s, XLA:CPU temp bytes)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from configs.papers.common import base_config
     from experiments.overrides import apply_overrides
     from seedjax.models import LM, LMConfig
-    from seedjax.train.loop import versions
     from seedjax.train.optim import make_optimizer
     from seedjax.train.state import (abstract_model, count_params, init_params, model_def,
                                      param_labels)
     from seedjax.train.step import make_train_step
 
-    base = base_config("cpu", "bench_connections")
-    b, t = int(base.data.batch_size), int(base.data.seq_len)
-    x = jax.random.randint(jax.random.key(1), (b, t + 1), 0, 256)
-    batch = {"inputs": x[:, :-1], "targets": x[:, 1:]}
-    arms = {}
-    for name, overrides in CONNECTION_ARMS.items():
+    live = {}
+    for name, overrides in arms.items():
         cfg = apply_overrides(base, overrides)
         mcfg = LMConfig.from_dict(cfg.model)
         model_fn = lambda: LM(mcfg, rngs=nnx.Rngs(0))
@@ -349,51 +350,75 @@ def bench_connections(steps, out_dir, rounds: int = 5):
         compiled = jax.jit(make_train_step(model_def(abstract), tx, sched),
                            donate_argnums=0).lower(state, batch).compile()
         mem = compiled.memory_analysis()
-        arms[name] = {"compiled": compiled, "state": state, "params": count_params(params),
-                      "temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0)), "times": [],
-                      "tpu_temp_bytes": tpu_grad_temp_bytes(cfg.model.to_dict(), b, t)}
-        arms[name]["state"], m = compiled(state, batch)
+        live[name] = {"compiled": compiled, "params": count_params(params),
+                      "temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0)), "times": []}
+        live[name]["state"], m = compiled(state, batch)
         jax.block_until_ready(m["loss"])
-        print(f"[bench connections] compiled {name}", flush=True)
+        print(f"[bench connections] d={cfg.model.d_model}: compiled {name}", flush=True)
     for _ in range(rounds):
-        for a in arms.values():
+        for a in live.values():
             for _ in range(steps):
                 t0 = time.perf_counter()
                 a["state"], m = a["compiled"](a["state"], batch)
                 jax.block_until_ready(m["loss"])
                 a["times"].append(time.perf_counter() - t0)
-    ref_t = float(np.median(arms["baseline"]["times"]))
-    ref_m = arms["baseline"]["temp_bytes"]
-    tpu = lambda a: None if a["tpu_temp_bytes"] is None else a["tpu_temp_bytes"] / 2**20  # noqa
-    rows = [{"arm": n, "params": a["params"], "step_s": float(np.median(a["times"])),
-             "step_ratio": float(np.median(a["times"])) / ref_t, "temp_mb": a["temp_bytes"] / 2**20,
-             "temp_ratio": a["temp_bytes"] / ref_m if ref_m else float("nan"),
-             "tpu_grad_temp_mb": tpu(a)}
-            for n, a in arms.items()]
+    return [{"arm": n, "params": a["params"], "step_s": float(np.median(a["times"])),
+             "temp_bytes": a["temp_bytes"]}
+            for n, a in live.items()]
+
+
+def bench_connections(steps, out_dir, rounds: int = 5, widths=(128,)):
+    """Step time and XLA temp (activation) memory of each connection/norm arm relative to the
+    pre-norm baseline of the same width, on the reproduction model (configs/papers/common.py:cpu;
+    d_model = d and mlp_dim = 3 d at the widths past the first, whose arms are ``WIDE_ARMS``).
+    TPU memory of every arm at every width: ``connection_memory``."""
+    import jax
+
+    from configs.papers.common import base_config
+
+    base = base_config("cpu", "bench_connections")
+    b, t = int(base.data.batch_size), int(base.data.seq_len)
+    x = jax.random.randint(jax.random.key(1), (b, t + 1), 0, 256)
+    batch = {"inputs": x[:, :-1], "targets": x[:, 1:]}
+    rows = []
+    for i, d in enumerate(widths):
+        wide = {} if d == base.model.d_model else {"model.d_model": d, "model.mlp_dim": 3 * d}
+        arms = {n: {**wide, **o} for n, o in CONNECTION_ARMS.items() if i == 0 or n in WIDE_ARMS}
+        timed = _time_connection_arms(base, arms, batch, steps, rounds)
+        ref = timed[0]
+        for r in timed:
+            rows.append({"d_model": d, "arm": r["arm"], "params": r["params"],
+                         "step_s": r["step_s"], "step_ratio": r["step_s"] / ref["step_s"],
+                         "temp_mb": r["temp_bytes"] / 2**20,
+                         "temp_ratio": r["temp_bytes"] / ref["temp_bytes"] if ref["temp_bytes"]
+                         else float("nan")})
     result = {"benchmark": "connections", "model": base.model.to_dict(), "batch": b, "seq_len": t,
-              "rounds": rounds, "steps_per_round": steps, **_machine(), "rows": rows}
+              "widths": list(widths), "rounds": rounds, "steps_per_round": steps, **_machine(),
+              "rows": rows}
+    result["load_avg_end"] = _machine()["load_avg"]
+    flags = f"--steps {steps} --conn_rounds {rounds} --conn_widths {','.join(map(str, widths))}"
     md = [f"# Connection / norm overhead ({result['time']})", "",
-          f"Command: `python -m experiments.bench connections --steps {steps}`",
-          f"Model: configs/papers/common.py:cpu (d={base.model.d_model}, {base.model.n_layers} "
-          f"layers, batch {b} x seq {t}); {result['device_kind']}, {result['cpu_count']} cores; "
-          f"median of {rounds} x {steps} interleaved steps per arm; load average "
-          f"{result['load_avg'][0]:.1f} at the start (shared machine: compare ratios).", "",
-          "| arm | params | step s | step / baseline | XLA temp MB | temp / baseline "
-          "| TPU v5e grad temp MiB |",
+          f"Command: `python -m experiments.bench connections {flags}`",
+          f"Model: configs/papers/common.py:cpu ({base.model.n_layers} layers, batch {b} x seq "
+          f"{t}; d = {base.model.d_model} as configured, mlp_dim = 3 d at the other widths); "
+          f"{result['device_kind']}, {result['cpu_count']} cores; median of {rounds} x {steps} "
+          f"interleaved steps per arm; load average {result['load_avg'][0]:.1f} at the start, "
+          f"{result['load_avg_end'][0]:.1f} at the end (shared machine: compare ratios).", "",
+          "| d | arm | params | step s | step / baseline | XLA:CPU temp MB | temp / baseline |",
           "|---|---|---|---|---|---|---|"]
     for r in rows:
-        t5 = "n/a" if r["tpu_grad_temp_mb"] is None else f"{r['tpu_grad_temp_mb']:.1f}"
-        md.append(f"| {r['arm']} | {r['params'] / 1e6:.3f}M | {r['step_s']:.3f} | "
-                  f"{r['step_ratio']:.2f}x | {r['temp_mb']:.1f} | {r['temp_ratio']:.2f}x | {t5} |")
+        md.append(f"| {r['d_model']} | {r['arm']} | {r['params'] / 1e6:.3f}M | {r['step_s']:.3f} | "
+                  f"{r['step_ratio']:.2f}x | {r['temp_mb']:.1f} | {r['temp_ratio']:.2f}x |")
     md += ["", "XLA temp = `compiled.memory_analysis().temp_size_in_bytes` of the whole train step "
            "(activations kept for the backward pass plus scratch). Paper (HC Table 9, OLMo-1B on 8 "
            "GPUs, whole-GPU memory incl. weights and optimizer state): SHC x4 +26.0%, DHC x4 "
-           "+26.1%, DHC x2 +15.7%; OLMoE-1B-7B DHC x4 +9.7%. Ours counts activations only, at a "
-           "width (d=128) where the n x d streams dominate, so ratios are far larger. HC and mHC "
+           "+26.1%, DHC x2 +15.7%; OLMoE-1B-7B DHC x4 +9.7%. Ours counts activations only; at "
+           "small widths the n x d streams dominate, so ratios are far larger. HC and mHC "
            "recompute their stream reads in the backward pass by default (connection_kwargs "
-           "recompute=True; `_stored` arms: False); XLA:CPU's temp total barely reflects it, so "
-           "the last column AOT-compiles the loss gradient with libtpu for one TPU v5e chip, "
-           "whose buffer assignment does (n/a without libtpu)."]
+           "recompute=True; `_stored` arms: False); XLA:CPU's temp total barely reflects it. "
+           "The memory a TPU v5e needs (its buffer assignment does reflect the recomputation), "
+           "for every arm at three widths: `python -m experiments.bench connection_memory` "
+           "(`connection_memory.md`)."]
     _write(out_dir, "connections", result, md)
 
 
@@ -445,8 +470,10 @@ def check_flags(sub: str) -> dict:
                      cli.int_list("--moe_top_ks", FLAGS.moe_top_ks, 1), FLAGS.moe_dispatches)
     if sub == "decode_profile":
         check_int("--profile_reps", FLAGS.profile_reps)
-    if sub == "connection_memory":
+    if sub in ("connections", "connection_memory"):
         cli.int_list("--conn_widths", FLAGS.conn_widths, minimum=8)
+    if sub == "connections":
+        check_int("--conn_rounds", FLAGS.conn_rounds)
     if sub not in ("memory", "decode_profile"):
         return {}
     cli.int_list("--mem_batches", FLAGS.mem_batches, minimum=1)
@@ -511,7 +538,8 @@ def main(argv):
                                 command=_command("connection_memory", "conn_", "out"))
         return
     if argv[1] == "connections":
-        bench_connections(FLAGS.steps, FLAGS.out)
+        bench_connections(FLAGS.steps, FLAGS.out, rounds=FLAGS.conn_rounds,
+                          widths=[int(w) for w in FLAGS.conn_widths])
         return
     variants = [v for v in FLAGS.variants.split(",") if v]
     bench_lm(variants, FLAGS.steps, FLAGS.out)
