@@ -76,7 +76,8 @@ def _forward(m, x):
     return m(x), m.retrieve(x)
 
 
-PEER_VARIANTS = {"gelu_layernorm": {}, "relu_no_norm": {"activation": "relu", "query_norm": "none"}}
+PEER_VARIANTS = {"gelu_layernorm": {}, "relu_no_norm": {"activation": "relu", "query_norm": "none"},
+                 "dense_experts": {"expert_compute": "dense"}}
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +157,15 @@ def test_gradients_reach_every_parameter(peers, mpluses, layer, names):
     assert 0 < np.count_nonzero(np.any(table != 0, axis=1)) <= min(15 * 2 * 4, 64)
 
 
+def test_peer_dense_expert_compute_equals_gather_gradients_included(peers):
+    """expert_compute="dense" (all N experts by matmul, the selected ones kept) gives the
+    gather path's gradient for every parameter (same weights: both built from Rngs(0))."""
+    dense, gather = _grads(peers["dense_experts"]), _grads(peers["gelu_layernorm"])
+    for name in gather:
+        np.testing.assert_allclose(dense[name], gather[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+
+
 def test_parameter_metadata_and_memory_plus_init(peers, mpluses):
     """Tables carry ("mem_rows", ...) axes, lr_group memory_values and no weight decay;
     Memory+ init: keys U(+-1/sqrt(Dk)), values std Dv^-0.5, W_q xavier, W1/W2 std D^-0.5."""
@@ -207,6 +217,8 @@ def test_lm_with_memory_ffn_has_finite_logits(ffn, cls):
     (PEERConfig, {"expert_init_std": -1.0},
      "PEERConfig.expert_init_std=-1.0 must be a positive number or None"),
     (PEERConfig, {"implementation": "cuda"}, "PEERConfig.implementation='cuda' is not one of"),
+    (PEERConfig, {"expert_compute": "all"},
+     r"PEERConfig.expert_compute='all' is not allowed; allowed: \('gather', 'dense'\)"),
     (MemoryPlusConfig, {"qk_norm": "yes"}, "MemoryPlusConfig.qk_norm='yes' must be True or"),
     (MemoryPlusConfig, {"v_dim": 0}, "MemoryPlusConfig.v_dim=0 must be an integer >= 1"),
     (MemoryPlusConfig, {"n_keys": 50000}, "MemoryPlusConfig.n_keys=50000 gives more slots"),

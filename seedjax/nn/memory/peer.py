@@ -16,9 +16,16 @@ torch's nn.GELU) or ReLU. Norm_h is a per-head LayerNorm over Dk or the identity
 BatchNorm is not offered: its statistics mix all tokens of the batch, including future tokens of
 the same sequence (a causal leak), and break with padding.
 
-Retrieval goes through ``seedjax.ops.product_key_topk`` (``pk_common.ProductKeyRetrieval``);
-the expert down-projections <U[i], x> through ``seedjax.ops.row_dot`` and the weighted up-sum
-through ``seedjax.ops.weighted_value_sum`` (each token reads one bag of H*k rows).
+Retrieval goes through ``seedjax.ops.product_key_topk`` (``pk_common.ProductKeyRetrieval``).
+The experts (``expert_compute``): "gather" (default, the sparse compute the paper counts) takes
+the down-projections <U[i], x> through ``seedjax.ops.row_dot`` and the weighted up-sum through
+``seedjax.ops.weighted_value_sum`` (each token reads one bag of H*k rows); "dense" computes
+x U^T for all N experts by one matmul, picks the H*k selected entries, and multiplies the
+router-weighted activations, scattered into an [..., N] vector, by V. Same output (to float
+rounding) at N / (H k) times the matmul FLOPs, but no row gathers and, in the backward pass,
+no scatter-add of H*k rows per token into the [N, D] tables: on a CPU with N = 1,296 and H k =
+96 a layer's forward + backward is 1.7x faster (0.23 vs 0.39 s for 2,048 tokens; the
+retrieval's top-48 of 1,296 cells per head is then half of it). "dense" suits small N only.
 
 Parameters (logical axes; optimizer labels): the retrieval's (``pk_common``) plus
     expert_down  U [N, D]   ("mem_rows", "mem_pdim")   weight_decay=False, lr_group="memory_values"
@@ -46,6 +53,7 @@ from seedjax.ops import row_dot, weighted_value_sum
 from seedjax.validation import check_choice
 
 ACTIVATIONS = ("gelu", "relu")
+EXPERT_COMPUTE = ("gather", "dense")
 _ACT = {"gelu": lambda h: jax.nn.gelu(h, approximate=False), "relu": jax.nn.relu}
 
 
@@ -65,6 +73,8 @@ class PEERConfig(ExactTopkFields):
       query_init_std / expert_init_std: None -> d_model**-0.5 (W_q; both expert tables).
       norm_eps: LayerNorm epsilon of the query norm.
       implementation: ``seedjax.ops`` implementation ("auto": Pallas on TPU, XLA elsewhere).
+      expert_compute: "gather" (row gathers of the selected experts) | "dense" (all N experts
+        by matmul, the selected ones kept; see the module docstring).
     """
 
     d_model: int
@@ -78,11 +88,13 @@ class PEERConfig(ExactTopkFields):
     expert_init_std: float | None = None
     norm_eps: float = 1e-5
     implementation: str = "auto"
+    expert_compute: str = "gather"
 
     def __post_init__(self):
         owner = "PEERConfig"
         check_exact_topk(self, owner)
         check_choice(f"{owner}.activation", self.activation, ACTIVATIONS)
+        check_choice(f"{owner}.expert_compute", self.expert_compute, EXPERT_COMPUTE)
         check_query_norm(owner, self.query_norm)
         for name in ("query_init_std", "expert_init_std"):
             positive_float_or_none(owner, name, getattr(self, name))
@@ -128,9 +140,29 @@ class PEER(ProductKeyRetrieval):
         """x [..., D] -> [..., D] in the compute dtype."""
         c, dt = self.config, self.dtype
         weights, indices = flat_heads(*self.retrieve(x))                    # [..., H*k]
+        if c.expert_compute == "dense":
+            return _dense_experts(self.expert_down[...], self.expert_up[...], x.astype(dt),
+                                  weights, indices, c.activation).astype(dt)
         h = row_dot(self.expert_down[...], indices, x.astype(dt),
                     implementation=c.implementation)                       # <u_i, x>, f32
         coef = weights * _ACT[c.activation](h)
         y = weighted_value_sum(self.expert_up[...], indices, coef.astype(jnp.float32),
                                implementation=c.implementation)
         return y.astype(dt)
+
+
+def _dense_experts(down: jax.Array, up: jax.Array, x: jax.Array, weights: jax.Array,
+                   indices: jax.Array, activation: str) -> jax.Array:
+    """sum_j weights[j] sigma(<down[indices[j]], x>) up[indices[j]] by dense matmuls over all N
+    experts: x [..., D], weights / indices [..., H*k], down / up [N, D] -> [..., D] float32."""
+    lead, n = x.shape[:-1], down.shape[0]
+    xf = x.reshape(-1, x.shape[-1])
+    idx = indices.reshape(xf.shape[0], -1)
+    h_all = jnp.einsum("td,nd->tn", xf, down.astype(x.dtype),
+                       preferred_element_type=jnp.float32)                  # [T, N]
+    h = jnp.take_along_axis(h_all, idx, axis=-1)                           # [T, H*k]
+    coef = weights.reshape(idx.shape).astype(jnp.float32) * _ACT[activation](h)
+    rows = jnp.arange(idx.shape[0])[:, None]
+    mix = jnp.zeros((idx.shape[0], n), jnp.float32).at[rows, idx].add(coef)   # repeats add
+    y = jnp.einsum("tn,nd->td", mix, up.astype(jnp.float32))
+    return y.reshape(*lead, up.shape[-1])
