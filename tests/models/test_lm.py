@@ -7,6 +7,7 @@ from flax import nnx
 
 from seedjax.models import LM, LMConfig, register
 from seedjax.nn import SwiGLU
+from seedjax.nn.attention import CausalSelfAttention
 
 CFG = LMConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64, max_seq_len=24)
 
@@ -22,6 +23,18 @@ def test_shapes_and_dtypes(scan):
     assert out.logits.shape == (2, 16, 256) and out.logits.dtype == jnp.float32
     assert out.aux_losses == {}
     assert out.intermediates["layer_outputs"].shape == (2, 2, 16, 32)
+
+
+def test_mixer_kwargs_set_the_attention_chunk():
+    """model.mixer_kwargs={"causal_chunk": 4} reaches every block's attention, and the
+    block-skipping result equals the unchunked one (T = 16 <= the default chunk)."""
+    chunked = LM(CFG.replace(mixer_kwargs={"causal_chunk": 4}), rngs=nnx.Rngs(0))
+    full = LM(CFG, rngs=nnx.Rngs(0))
+    assert [a.causal_chunk for _, a in nnx.iter_graph(chunked)
+            if isinstance(a, CausalSelfAttention)] == [4, 4]
+    np.testing.assert_allclose(chunked(tokens()).logits, full(tokens()).logits, atol=1e-5)
+    with pytest.raises(ValueError, match="causal_chunk must be >= 1"):
+        LM(CFG.replace(mixer_kwargs={"causal_chunk": 0}), rngs=nnx.Rngs(0))
 
 
 def test_bf16_compute():
