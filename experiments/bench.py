@@ -369,12 +369,13 @@ def _time_connection_arms(base, arms: dict, batch: dict, steps: int, rounds: int
 
 def bench_connections(steps, out_dir, rounds: int = 5, widths=(128,)):
     """Step time and XLA temp (activation) memory of each connection/norm arm relative to the
-    pre-norm baseline of the same width, on the reproduction model (configs/papers/common.py:cpu;
-    d_model = d and mlp_dim = 3 d at the widths past the first, whose arms are ``WIDE_ARMS``).
+    pre-norm baseline of the same width, on the reproduction model (configs/papers/common.py:cpu
+    with d_model = d, mlp_dim = 3 d; every arm at the first width, ``WIDE_ARMS`` at the others).
     TPU memory of every arm at every width: ``connection_memory``."""
     import jax
 
     from configs.papers.common import base_config
+    from experiments.bench_connection_memory import width_overrides
 
     base = base_config("cpu", "bench_connections")
     b, t = int(base.data.batch_size), int(base.data.seq_len)
@@ -382,8 +383,8 @@ def bench_connections(steps, out_dir, rounds: int = 5, widths=(128,)):
     batch = {"inputs": x[:, :-1], "targets": x[:, 1:]}
     rows = []
     for i, d in enumerate(widths):
-        wide = {} if d == base.model.d_model else {"model.d_model": d, "model.mlp_dim": 3 * d}
-        arms = {n: {**wide, **o} for n, o in CONNECTION_ARMS.items() if i == 0 or n in WIDE_ARMS}
+        arms = {n: {**width_overrides(d), **o} for n, o in CONNECTION_ARMS.items()
+                if i == 0 or n in WIDE_ARMS}
         timed = _time_connection_arms(base, arms, batch, steps, rounds)
         ref = timed[0]
         for r in timed:
@@ -400,7 +401,7 @@ def bench_connections(steps, out_dir, rounds: int = 5, widths=(128,)):
     md = [f"# Connection / norm overhead ({result['time']})", "",
           f"Command: `python -m experiments.bench connections {flags}`",
           f"Model: configs/papers/common.py:cpu ({base.model.n_layers} layers, batch {b} x seq "
-          f"{t}; d = {base.model.d_model} as configured, mlp_dim = 3 d at the other widths); "
+          f"{t}; d_model = d, mlp_dim = 3 d); "
           f"{result['device_kind']}, {result['cpu_count']} cores; median of {rounds} x {steps} "
           f"interleaved steps per arm; load average {result['load_avg'][0]:.1f} at the start, "
           f"{result['load_avg_end'][0]:.1f} at the end (shared machine: compare ratios).", "",

@@ -18,6 +18,12 @@ PAPER = ("HC Table 9 (OLMo-1B, 8 GPUs, whole memory): SHC x4 +26.0%, DHC x4 +26.
 BYTES_PER_PARAM = 16
 
 
+def width_overrides(d: int) -> dict:
+    """Config overrides of the reproduction model at width d (mlp_dim = 3 d, as configured at
+    d = 128)."""
+    return {"model.d_model": d, "model.mlp_dim": 3 * d}
+
+
 def bench_connection_memory(out_dir: str, widths, *, arms: dict, tpu_temp, command: str = ""
                             ) -> dict:
     """Writes connection_memory.{json,md}; rows of (width, arm, params, TPU temp, training bytes,
@@ -38,8 +44,7 @@ def bench_connection_memory(out_dir: str, widths, *, arms: dict, tpu_temp, comma
     for d in widths:
         ref = None
         for arm in ARMS:
-            cfg = apply_overrides(base, {"model.d_model": d, "model.mlp_dim": 3 * d,
-                                         **arms[arm]})
+            cfg = apply_overrides(base, {**width_overrides(d), **arms[arm]})
             model_cfg = cfg.model.to_dict()
             temp = tpu_temp(model_cfg, b, t)
             if temp is None:

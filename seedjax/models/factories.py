@@ -42,7 +42,8 @@ def layernorm(cfg: LMConfig, dim: int, *, rngs: nnx.Rngs, use_bias: bool = True)
 @register("mixer", "attention")
 def attention(cfg: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, causal_chunk: int = 256):
     """``model.mixer_kwargs``: ``causal_chunk`` (query block of the block-skipping causal
-    attention in training; 128 is faster on CPU at T = 512, more blocks to trace at long T)."""
+    attention in training; smaller wastes fewer masked scores but traces more blocks; 128 and
+    256 gave the same `small` step on a quiet CPU, results/bench/README.md)."""
     return CausalSelfAttention(
         cfg.d_model, cfg.n_heads, kv_heads=cfg.kv_heads, head_dim=cfg.resolved_head_dim,
         rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm, init_std=cfg.init_std,

@@ -130,7 +130,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, groups: i
     query instead of S); the same function, 12% faster fwd + bwd at T = 512 on CPU."""
     b, t, h, d = q.shape
     kh = k.shape[2]
-    qg = (q * (1.0 / math.sqrt(d))).astype(q.dtype).reshape(b, t, kh, groups, d)
+    qg = (q * (1.0 / math.sqrt(d))).reshape(b, t, kh, groups, d)   # a weak-typed scale
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
     valid = valid[:, None, None] if valid.ndim == 3 else valid[None, None, None]
     scores = jnp.where(valid, scores, jnp.finfo(jnp.float32).min)

@@ -40,6 +40,7 @@ float32, expert indices [..., H, k] int32 in [0, N)).
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -140,29 +141,32 @@ class PEER(ProductKeyRetrieval):
         """x [..., D] -> [..., D] in the compute dtype."""
         c, dt = self.config, self.dtype
         weights, indices = flat_heads(*self.retrieve(x))                    # [..., H*k]
-        if c.expert_compute == "dense":
-            return _dense_experts(self.expert_down[...], self.expert_up[...], x.astype(dt),
-                                  weights, indices, c.activation).astype(dt)
-        h = row_dot(self.expert_down[...], indices, x.astype(dt),
-                    implementation=c.implementation)                       # <u_i, x>, f32
+        dense = c.expert_compute == "dense"
+        down = _dense_row_dot if dense else partial(row_dot, implementation=c.implementation)
+        up = (_dense_weighted_sum if dense
+              else partial(weighted_value_sum, implementation=c.implementation))
+        h = down(self.expert_down[...], indices, x.astype(dt))             # <u_i, x>, f32
         coef = weights * _ACT[c.activation](h)
-        y = weighted_value_sum(self.expert_up[...], indices, coef.astype(jnp.float32),
-                               implementation=c.implementation)
+        y = up(self.expert_up[...], indices, coef.astype(jnp.float32))
         return y.astype(dt)
 
 
-def _dense_experts(down: jax.Array, up: jax.Array, x: jax.Array, weights: jax.Array,
-                   indices: jax.Array, activation: str) -> jax.Array:
-    """sum_j weights[j] sigma(<down[indices[j]], x>) up[indices[j]] by dense matmuls over all N
-    experts: x [..., D], weights / indices [..., H*k], down / up [N, D] -> [..., D] float32."""
-    lead, n = x.shape[:-1], down.shape[0]
-    xf = x.reshape(-1, x.shape[-1])
-    idx = indices.reshape(xf.shape[0], -1)
-    h_all = jnp.einsum("td,nd->tn", xf, down.astype(x.dtype),
-                       preferred_element_type=jnp.float32)                  # [T, N]
-    h = jnp.take_along_axis(h_all, idx, axis=-1)                           # [T, H*k]
-    coef = weights.reshape(idx.shape).astype(jnp.float32) * _ACT[activation](h)
+def _dense_row_dot(table: jax.Array, indices: jax.Array, x: jax.Array) -> jax.Array:
+    """``row_dot`` by one matmul over all N rows: <table[indices[j]], x> for table [N, D],
+    indices [..., J], x [..., D] -> [..., J] float32."""
+    h_all = jnp.einsum("td,nd->tn", x.reshape(-1, x.shape[-1]), table.astype(x.dtype),
+                       preferred_element_type=jnp.float32)    # [T, N]: 2-D, as seedjax/nn/linear
+    h = jnp.take_along_axis(h_all, indices.reshape(h_all.shape[0], -1), axis=-1)
+    return h.reshape(indices.shape)
+
+
+def _dense_weighted_sum(table: jax.Array, indices: jax.Array, coef: jax.Array) -> jax.Array:
+    """``weighted_value_sum`` by one matmul: sum_j coef[j] table[indices[j]] for table [N, D],
+    indices / coef [..., J] -> [..., D] float32; coef is scattered into [..., N] first (repeated
+    indices add)."""
+    lead, n = indices.shape[:-1], table.shape[0]
+    idx = indices.reshape(-1, indices.shape[-1])
     rows = jnp.arange(idx.shape[0])[:, None]
-    mix = jnp.zeros((idx.shape[0], n), jnp.float32).at[rows, idx].add(coef)   # repeats add
-    y = jnp.einsum("tn,nd->td", mix, up.astype(jnp.float32))
-    return y.reshape(*lead, up.shape[-1])
+    mix = jnp.zeros((idx.shape[0], n), jnp.float32).at[rows, idx].add(
+        coef.reshape(idx.shape).astype(jnp.float32))
+    return (mix @ table.astype(jnp.float32)).reshape(*lead, table.shape[-1])
