@@ -139,15 +139,16 @@ def with_mask(cache: Any, mask: jax.Array | None) -> Any:
 
 
 def _seq_rows(a: jax.Array, pos) -> jax.Array:
-    return jax.lax.dynamic_slice_in_dim(a, pos, 1, axis=a.ndim - 3)
+    """Position ``pos`` of a [..., B, K, S, D] cache array (kept as a length-1 axis)."""
+    return jax.lax.dynamic_slice_in_dim(a, pos, 1, axis=a.ndim - 2)
 
 
 def _set_seq_rows(a: jax.Array, rows: jax.Array, pos) -> jax.Array:
-    return jax.lax.dynamic_update_slice_in_dim(a, rows.astype(a.dtype), pos, axis=a.ndim - 3)
+    return jax.lax.dynamic_update_slice_in_dim(a, rows.astype(a.dtype), pos, axis=a.ndim - 2)
 
 
 def _batch_shaped(v: jax.Array, ndim: int) -> jax.Array:
-    """v [B] -> shape with B on the batch axis (ndim - 4) of a [..., B, S, K, D] array."""
+    """v [B] -> shape with B on the batch axis (ndim - 4) of a [..., B, K, S, D] array."""
     shape = [1] * ndim
     shape[ndim - 4] = v.shape[0]
     return v.reshape(shape)
@@ -158,7 +159,7 @@ def _fill_deeper_from_exit(cache: Any, exit_steps: jax.Array, pos, loops: int) -
     slots u > exit_steps[b] get slot exit_steps[b]'s K/V; every slot's index becomes pos + 1."""
 
     def one(a):
-        rows = _seq_rows(a, pos)                                   # [T, ..., B, 1, K, D]
+        rows = _seq_rows(a, pos)                                   # [T, ..., B, K, 1, D]
         e = _batch_shaped(exit_steps, a.ndim)
         src = jnp.take_along_axis(rows, jnp.broadcast_to(e, (1, *rows.shape[1:])), axis=0)
         depth = jnp.arange(loops).reshape((loops,) + (1,) * (a.ndim - 1))
@@ -192,14 +193,14 @@ def shared_from_per_loop(per_loop: list, steps: jax.Array, shared: Any) -> Any:
 
     def pick(c: KVCache, s: KVCache):
         def one(a, dst):
-            b, p = a.shape[a.ndim - 4], a.shape[a.ndim - 3]
+            b, p = a.shape[a.ndim - 4], a.shape[a.ndim - 2]
             shape = [1] * a.ndim
-            shape[a.ndim - 4], shape[a.ndim - 3] = b, p
+            shape[a.ndim - 4], shape[a.ndim - 2] = b, p
             idx = jnp.broadcast_to(steps.reshape(shape), (1, *a.shape[1:]))
             sel = jnp.take_along_axis(a, idx, axis=0)[0]
             return jax.lax.dynamic_update_slice_in_dim(dst, sel.astype(dst.dtype), 0,
-                                                       axis=dst.ndim - 3)
-        p = c.k.shape[c.k.ndim - 3]
+                                                       axis=dst.ndim - 2)
+        p = c.k.shape[c.k.ndim - 2]
         return s._replace(k=one(c.k, s.k), v=one(c.v, s.v), index=jnp.full_like(s.index, p))
     return _map_kv(pick, stacked, shared)
 

@@ -89,8 +89,8 @@ def _rewrite(cache, pos, exits, policy):
             for u in range(len(cache)):
                 if policy == "final_exit_shared" or u > e:
                     for l, c in enumerate(out[u]):
-                        c.k[b, p] = cache[e][l].k[b, p]
-                        c.v[b, p] = cache[e][l].v[b, p]
+                        c.k[b, :, p] = cache[e][l].k[b, :, p]
+                        c.v[b, :, p] = cache[e][l].v[b, :, p]
     return jax.tree.map(jnp.asarray, out)
 
 
