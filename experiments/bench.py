@@ -6,6 +6,7 @@
   python -m experiments.bench memory [--mem_d_model 512] [--mem_batches 1,4,16,64,256]
   python -m experiments.bench decode_profile [--mem_batches 1,16,64,256] [--profile_reps 20]
   python -m experiments.bench looped [--looped_new_tokens 64] [--looped_workdir RUN]
+  python -m experiments.bench generate [--gen_batches 1,8] [--gen_prompts 128,1024]
   python -m experiments.bench over_encoding [--oe_sizes 16381,65521,...] [--oe_rounds 12]
   python -m experiments.bench moe [--moe_experts 8,16,32] [--moe_top_ks 2,4] [--moe_rounds 5]
 
@@ -64,6 +65,11 @@ flags.DEFINE_integer("looped_new_tokens", 64, "looped: greedy tokens decoded per
 flags.DEFINE_integer("looped_repeats", 3, "looped: timed calls per setting (best reported).")
 flags.DEFINE_string("looped_workdir", None, "looped: a trained looped run's workdir (default: "
                     "a random model); writes looped_trained.{json,md}.")
+flags.DEFINE_string("gen_variant", "tiny", "generate: configs/lm.py variant decoded.")
+flags.DEFINE_list("gen_batches", ["1", "8"], "generate: batch sizes B.")
+flags.DEFINE_list("gen_prompts", ["128", "1024"], "generate: prompt lengths P.")
+flags.DEFINE_integer("gen_new_tokens", 64, "generate: greedy tokens decoded per setting (>= 2).")
+flags.DEFINE_integer("gen_repeats", 3, "generate: timed calls per setting (best reported).")
 flags.DEFINE_list("oe_sizes", ["16381", "65521", "262139", "1048573", "4194301"],
                   "over_encoding: table sizes m of the n=2, k=1 arms.")
 flags.DEFINE_integer("oe_paper_m", 262139, "over_encoding: m of the n=3, k=2 arm (0: none).")
@@ -435,7 +441,7 @@ def _command(sub: str, prefix: str, *names: str) -> str:
 
 
 SUBCOMMANDS = ("lm", "connections", "connection_memory", "memory", "decode_profile", "looped",
-               "over_encoding", "moe")
+               "generate", "over_encoding", "moe")
 
 
 def check_flags(sub: str) -> dict:
@@ -454,6 +460,13 @@ def check_flags(sub: str) -> dict:
     if sub == "looped":
         check_int("--looped_new_tokens", FLAGS.looped_new_tokens)
         check_int("--looped_repeats", FLAGS.looped_repeats)
+    if sub == "generate":
+        from configs.lm import VARIANTS
+        check_choice("--gen_variant", FLAGS.gen_variant, VARIANTS)
+        cli.int_list("--gen_batches", FLAGS.gen_batches, minimum=1)
+        cli.int_list("--gen_prompts", FLAGS.gen_prompts, minimum=1)
+        check_int("--gen_new_tokens", FLAGS.gen_new_tokens, minimum=2)
+        check_int("--gen_repeats", FLAGS.gen_repeats)
     if sub == "over_encoding":
         from experiments.bench_over_encoding import check_arms
         for name in ("oe_rounds", "oe_steps", "oe_decode_rounds", "oe_decode_tokens"):
@@ -500,6 +513,14 @@ def main(argv):
         bench_looped(FLAGS.out, new_tokens=FLAGS.looped_new_tokens,
                      repeats=FLAGS.looped_repeats, command=_command("looped", "looped_", "out"),
                      workdir=FLAGS.looped_workdir)
+        return
+    if argv[1] == "generate":
+        from experiments.bench_generate import bench_generate
+        bench_generate(FLAGS.out, variant=FLAGS.gen_variant,
+                       batches=cli.int_list("--gen_batches", FLAGS.gen_batches, minimum=1),
+                       prompts=cli.int_list("--gen_prompts", FLAGS.gen_prompts, minimum=1),
+                       new_tokens=FLAGS.gen_new_tokens, repeats=FLAGS.gen_repeats,
+                       command=_command("generate", "gen_", "out"))
         return
     if argv[1] == "over_encoding":
         from experiments.bench_over_encoding import bench_over_encoding
