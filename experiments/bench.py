@@ -193,11 +193,12 @@ def _component_times(mcfg, b, t, tx, params, steps) -> dict:
     from seedjax.train.hardware import measure_matmul_peak
 
     h, kv, d = mcfg.n_heads, mcfg.kv_heads, mcfg.resolved_head_dim
+    chunk = int((mcfg.mixer_kwargs or {}).get("causal_chunk", 256))
     key = jax.random.split(jax.random.key(0), 3)
-    q = jax.random.normal(key[0], (b, t, h, d))
-    k = jax.random.normal(key[1], (b, t, kv, d))
-    v = jax.random.normal(key[2], (b, t, kv, d))
-    attn = jax.jit(jax.grad(lambda q, k, v: jnp.sum(_attend_causal(q, k, v, h // kv, 256)),
+    q = jax.random.normal(key[0], (b, h, t, d))                 # head-major, as the layer runs it
+    k = jax.random.normal(key[1], (b, kv, t, d))
+    v = jax.random.normal(key[2], (b, kv, t, d))
+    attn = jax.jit(jax.grad(lambda q, k, v: jnp.sum(_attend_causal(q, k, v, h // kv, chunk)),
                             argnums=(0, 1, 2)))
     jax.block_until_ready(attn(q, k, v))
     attn_s, _ = _median_time(lambda: jax.block_until_ready(attn(q, k, v)), steps)

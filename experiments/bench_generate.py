@@ -109,7 +109,6 @@ def _markdown(r: dict) -> list:
            "tokens - prefill) / (new tokens - 1). MB read / step = "
            "every weight once plus the K/V cache at its mean fill (prompt + new tokens / 2); "
            "roofline = that over the streaming-read bandwidth. The cache is head-major "
-           "[B, K, S, D] (`seedjax/nn/attention.py`): with the earlier token-major layout XLA "
-           "copied the whole cache every step, and generate at B = 8, prompt 1024 was 1.8-1.9x "
-           "slower (A/B on this machine, 2026-12-05)."]
+           "[B, K, S, D] (`seedjax/nn/attention.py`); results/bench/README.md compares it with "
+           "the earlier token-major layout."]
     return md
