@@ -188,12 +188,12 @@ def _component_times(mcfg, b, t, tx, params, steps) -> dict:
     import jax.numpy as jnp
     import optax
 
-    from seedjax.nn.attention import _attend_causal
+    from seedjax.nn.attention import CAUSAL_CHUNK, _attend_causal
     from seedjax.train import flops as flops_lib
     from seedjax.train.hardware import measure_matmul_peak
 
     h, kv, d = mcfg.n_heads, mcfg.kv_heads, mcfg.resolved_head_dim
-    chunk = int((mcfg.mixer_kwargs or {}).get("causal_chunk", 256))
+    chunk = int((mcfg.mixer_kwargs or {}).get("causal_chunk", CAUSAL_CHUNK))
     key = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(key[0], (b, h, t, d))                 # head-major, as the layer runs it
     k = jax.random.normal(key[1], (b, kv, t, d))

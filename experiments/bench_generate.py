@@ -11,6 +11,7 @@ interleaved round-robin. Writes results/bench/generate.{json,md}.
 """
 from __future__ import annotations
 
+import os
 import time
 
 from experiments.bench_common import machine as _machine
@@ -41,7 +42,7 @@ def bench_generate(out_dir: str, *, variant: str = "tiny", batches=(1, 8), promp
     from seedjax.eval.sampling import generate
     from seedjax.train.state import count_params
 
-    load_start = _machine()["load_avg"]
+    load_start = [round(x, 2) for x in os.getloadavg()]
     bandwidth = measure_read_bandwidth()
     model = _model(variant, max(prompts) + new_tokens)
     cfg = model.cfg

@@ -9,7 +9,7 @@ from flax import nnx
 
 from seedjax.models.config import LMConfig
 from seedjax.models.registry import lookup, register
-from seedjax.nn.attention import CausalSelfAttention
+from seedjax.nn.attention import CAUSAL_CHUNK, CausalSelfAttention
 from seedjax.nn.connections import Residual
 from seedjax.nn.embeddings import OutputHead, TokenEmbedding
 from seedjax.nn.mlp import SwiGLU
@@ -40,7 +40,8 @@ def layernorm(cfg: LMConfig, dim: int, *, rngs: nnx.Rngs, use_bias: bool = True)
 
 
 @register("mixer", "attention")
-def attention(cfg: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, causal_chunk: int = 256):
+def attention(cfg: LMConfig, layer_idx: int, *, rngs: nnx.Rngs,
+              causal_chunk: int = CAUSAL_CHUNK):
     """``model.mixer_kwargs``: ``causal_chunk`` (query block of the block-skipping causal
     attention in training; smaller wastes fewer masked scores but traces more blocks; 128 and
     256 gave the same `small` step on a quiet CPU, results/bench/README.md)."""

@@ -25,6 +25,8 @@ from seedjax.nn.params import normal_init, param
 from seedjax.nn.partitioning import constrain
 from seedjax.nn.rope import apply_rope
 
+CAUSAL_CHUNK = 256  # default query block of the block-skipping causal attention (training)
+
 
 class KVCache(NamedTuple):
     k: jax.Array      # [B, K, S, D]
@@ -44,7 +46,7 @@ class CausalSelfAttention(nnx.Module):
     def __init__(self, d_model: int, heads: int, *, kv_heads: int | None = None,
                  head_dim: int | None = None, rope_theta: float = 10000.0, qk_norm: bool = False,
                  init_std: float = 0.02, out_init_std: float | None = None,
-                 causal_chunk: int = 256, dtype=jnp.float32, rngs: nnx.Rngs):
+                 causal_chunk: int = CAUSAL_CHUNK, dtype=jnp.float32, rngs: nnx.Rngs):
         kv_heads = heads if kv_heads is None else kv_heads
         if heads < 1 or kv_heads < 1:
             raise ValueError(f"model.n_heads ({heads}) and model.n_kv_heads ({kv_heads}) must be >= 1")
