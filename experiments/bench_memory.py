@@ -13,6 +13,7 @@ import os
 import time
 
 from experiments.bench_common import machine as _machine
+from experiments.bench_floors import add_floors, floor_functions, floors_markdown
 from experiments.bench_common import median_time as _median_time
 from experiments.bench_common import on_cpu
 from experiments.bench_common import write_result as _write
@@ -278,6 +279,7 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from flax import nnx
 
     from seedjax.train.hardware import measure_matmul_peak
 
@@ -299,10 +301,11 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
     observed = _observed_touched(models, design, pools)
 
     compiled, looped, compile_s = {}, {}, {}
+    layers = {name: prepared_for_decode(*models[name]) for name in MEMORY_MODELS}
     for name in MEMORY_MODELS:
-        mdef, params = models[name]
-        fn = jax.jit(lambda p, x, mdef=mdef: _first(mdef.merge(p)(x)))
-        loop = jax.jit(lambda p, xs, mdef=mdef: decode_loop(mdef.merge(p), xs))
+        graphdef, params = layers[name]
+        fn = jax.jit(lambda p, x, gd=graphdef: _first(nnx.merge(gd, p)(x)))
+        loop = jax.jit(lambda p, xs, gd=graphdef: decode_loop(nnx.merge(gd, p), xs))
         for b in batches:
             t0 = time.perf_counter()
             compiled[name, b] = fn.lower(params, inputs[b][0]).compile()
@@ -313,6 +316,13 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
             looped[name, b](params, pools[b]).block_until_ready()
         print(f"[bench memory] compiled {name} "
               f"({sum(compile_s[name, b] for b in batches):.1f} s)", flush=True)
+    prepared_diff = _prepared_vs_parameters(models, layers, inputs[max(batches)][0])
+    floors = {}
+    for b in batches:
+        for name, (fn, args) in floor_functions(design, b, n_pool).items():
+            floors[name, b] = (fn.lower(*args).compile(), args)
+            jax.block_until_ready(floors[name, b][0](*args))
+    floor_times = {key: [] for key in floors}
     times = {key: [] for key in compiled}
     loop_times = {key: [] for key in compiled}
     order = list(MEMORY_MODELS)
@@ -321,13 +331,18 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
         for b in batches:
             x = inputs[b][r % n_pool]
             for name in rot:
-                params = models[name][1]
+                params = layers[name][1]
                 t0 = time.perf_counter()
                 compiled[name, b](params, x).block_until_ready()
                 times[name, b].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 looped[name, b](params, pools[b]).block_until_ready()
                 loop_times[name, b].append((time.perf_counter() - t0) / n_pool)
+            for key in [k for k in floors if k[1] == b]:
+                fn, args = floors[key]
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                floor_times[key].append((time.perf_counter() - t0) / n_pool)
     load_end = os.getloadavg()
 
     info = {}
@@ -380,6 +395,7 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
                 "roofline_s": max(flops / peak,
                                   (nbytes if nbytes is not None else 0.0) / bandwidth),
             })
+    add_floors(rows, {k: float(np.median(v)) for k, v in floor_times.items()})
     lo, hi = (param_ratio * (1 + s * MEMORY_TOLERANCE["param_ratio_rel"]) for s in (-1, 1))
     matching = {
         "tolerance": MEMORY_TOLERANCE,
@@ -401,6 +417,7 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
         "batches": batches, "rounds": rounds, "input_pool": n_pool,
         "matmul_1024_f32_flops": peak, "read_bandwidth_bytes_per_s": bandwidth,
         "models": info, "matching": matching, "rows": rows,
+        "prepared_vs_parameters_max_abs_diff": prepared_diff,
     }
     md = _memory_markdown(result)
     if plot:
@@ -408,6 +425,34 @@ def bench_memory(*, d_model=512, ffn_dim=None, param_ratio=11.0, moe_top_k=8, v2
         md += ["", "![time and bytes per decode step](memory.png)"]
     _write(out_dir, "memory", result, md)
     return result
+
+
+def _prepared_vs_parameters(models, layers, x) -> dict:
+    """{memory layer: max |y_prepared - y_parameters|} on one input: the decode constants must
+    not change the outputs."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    out = {}
+    for name in ("ultramem_v2", "ultramem"):
+        mdef, params = models[name]
+        graphdef, state = layers[name]
+        want = _first(mdef.merge(params)(x))
+        out[name] = float(jnp.max(jnp.abs(_first(nnx.merge(graphdef, state)(x)) - want)))
+    return out
+
+
+def prepared_for_decode(mdef, params):
+    """(graphdef, state) of the layer ready to decode: the memory layers' retrievals hold their
+    weight-only work done once (``seedjax.nn.memory.prepare_decode``: key LayerNorm, rank-major
+    key layout, the cores' rank-1 vectors), as a server does after loading the weights and as
+    ``seedjax.eval.sampling.generate`` does before its loop; other layers are unchanged."""
+    from flax import nnx
+
+    from seedjax.nn.memory import prepare_decode
+    layer = mdef.merge(params)
+    prepare_decode(layer)
+    return nnx.split(layer)
 
 
 def _first(y):
@@ -492,11 +537,14 @@ def _memory_markdown(r) -> list:
            "distinct experts/rows the actual routing of this run's inputs touched. "
            "Roofline = max(FLOPs / matmul rate, cost-model bytes / read bandwidth), both "
            "measured above.", "",
+           "The memory layers run prepared for decoding (`seedjax.nn.memory.prepare_decode`, "
+           "as `seedjax.eval.sampling.generate` does): the retrieval's weight-only work (key "
+           "LayerNorm, the keys in the rank-major layout the score product reads without a "
+           "copy, the cores' rank-1 SVD) is done once when the layer is loaded, not per step.",
+           "",
            "'In a loop': the same layer applied to the pool's inputs inside one jitted "
-           "`lax.scan` (as `seedjax.eval.sampling` generates), time per step: work that depends "
-           "only on the weights (key LayerNorm, the cores' SVD, layout copies) is loop-invariant "
-           "there and is hoisted by XLA, as in real generation; one call per step pays it "
-           "every time.", "",
+           "`lax.scan` (as `seedjax.eval.sampling` generates), time per step; one call per "
+           "step pays the call's dispatch every time.", "",
            "| B | layer | ms / step (p10-p90) | time / dense | in a loop: ms / step | "
            "in a loop: time / dense | MB/step (cost model) | "
            "MB/step (observed routing) | bytes / dense | experts or rows touched: expected / "
@@ -537,6 +585,12 @@ def _memory_markdown(r) -> list:
                 f"{x['moe_kernel_bytes'] / 1e6:.1f} MB" for x in rows))
         md += ["", "A grouped-GEMM kernel (GPU/TPU `ragged_dot`) reads each touched expert once; "
                "on CPU `ragged_dot` lowers to a dense matmul over all experts."]
+    md += floors_markdown(r["rows"], LABELS)
+    diff = r.get("prepared_vs_parameters_max_abs_diff")
+    if diff:
+        md += ["", "Prepared decode constants vs the parameter path, max |difference| of the "
+               "outputs on one input: " + ", ".join(f"{LABELS[n]} {v:.1e}"
+                                                     for n, v in diff.items()) + "."]
     return md
 
 

@@ -154,14 +154,17 @@ def bench_decode_profile(out_dir: str, *, design: dict, batches, reps: int = 10,
                          steps: int = 8, layers=("dense", "ultramem_v2", "ultramem", "moe"),
                          command: str = "") -> dict:
     """Profiles each layer of ``design`` (``design_memory_bench``) at each B, as generation runs
-    it: ``steps`` decode steps in one ``lax.scan`` (``bench_memory.decode_loop``: work on the
-    weights alone, such as the key LayerNorm, is hoisted out of the loop), ``reps`` calls; times
+    it: ``steps`` decode steps in one ``lax.scan`` (``bench_memory.decode_loop``, memory
+    layers prepared for decoding by ``prepared_for_decode``), ``reps`` calls; times
     are per step. Writes decode_profile.{json,md} under ``out_dir``."""
     import jax
     import jax.numpy as jnp
 
     from experiments.bench_common import machine, write_result
-    from experiments.bench_memory import LABELS, _build_memory_models, decode_loop
+    from flax import nnx
+
+    from experiments.bench_memory import (LABELS, _build_memory_models, decode_loop,
+                                          prepared_for_decode)
 
     models = _build_memory_models(design, jnp.float32)
     d = design["dense"]["d_model"]
@@ -169,8 +172,8 @@ def bench_decode_profile(out_dir: str, *, design: dict, batches, reps: int = 10,
     for b in batches:
         xs = jax.random.normal(jax.random.key(b), (steps, b, 1, d), jnp.float32)
         for name in layers:
-            mdef, params = models[name]
-            fn = lambda p, xs, mdef=mdef: decode_loop(mdef.merge(p), xs)
+            graphdef, params = prepared_for_decode(*models[name])
+            fn = lambda p, xs, gd=graphdef: decode_loop(nnx.merge(gd, p), xs)
             rows.append({"batch": b, "layer": name,
                          **summarize(*profile_ops(fn, (params, xs), reps, per_call=steps))})
     result = {"command": command, "machine": machine(), "d_model": d, "reps": reps,

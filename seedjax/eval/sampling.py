@@ -2,6 +2,8 @@
 
 ``generate(model, prompt [B, P], steps)`` prefills the cache with the prompt in one forward,
 then decodes one token per step inside a jitted ``lax.scan``. Returns tokens [B, P + steps].
+Memory layers' retrievals do their weight-only work once per call, before the loop
+(``seedjax.nn.memory.prepare_decode``; the caller's model is not changed).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import jax
 import numpy as np
 import jax.numpy as jnp
 from flax import nnx
+
+from seedjax.nn.memory import prepare_decode
 
 
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
@@ -35,6 +39,7 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_p: 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "temperature", "top_p"))
 def _generate(graphdef, state, prompt, key, *, steps, temperature, top_p):
     model = nnx.merge(graphdef, state)
+    prepare_decode(model)
     b, p = prompt.shape
     cache = model.init_cache(b, p + steps)
     out = model(prompt, cache=cache)

@@ -28,8 +28,15 @@ agrees with the Perron vectors of the non-negative cores at init (U(0,1) cores).
 
 Shapes:
     tucker_rank1: cores [h_c, H, r, r] -> (u [H, r], t [H, r])
-    tucker_topk:  q_row, q_col [..., H, r, Dk]; k_row, k_col [H, n, r, Dk]; cores [h_c, H, r, r]
-                  -> (scores [..., H, topk, h_c] float, indices [..., H, topk] int32 in [0, n^2))
+    tucker_topk:  q_row, q_col [..., H, r, Dk]; k_row, k_col [H, n, r, Dk] (``keys_layout=
+                  "hnrd"``, the parameters' layout) or [H, r, n, Dk] ("hrnd"); cores
+                  [h_c, H, r, r] -> (scores [..., H, topk, h_c] float, indices [..., H, topk]
+                  int32 in [0, n^2))
+
+Key layout: the score product contracts Dk per (head, rank), so XLA wants each rank's keys as
+a contiguous [n, Dk] slab; from "hnrd" keys XLA:CPU copies the whole key table into that layout
+at every call (not hoisted out of a decode loop either). Keys prepared once in "hrnd" (see
+``TuckerRetrieval.prepare_decode``) are read in place: same values, same results.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ from seedjax.ops.common import (INT32_MAX, check_implementation, resolve_impleme
                                 score_dtype, top_k)
 
 PRESELECT = ("top", "abs")
+KEYS_LAYOUTS = ("hnrd", "hrnd")
 
 
 def tucker_rank1(cores: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -80,25 +88,36 @@ def check_tucker_args(q_shape, k_shape, cores_shape, *, topk_side: int, topk: in
 
 def tucker_topk(q_row, q_col, k_row, k_col, cores, *, topk_side: int, topk: int,
                 rank1: tuple[jax.Array, jax.Array] | None = None, preselect: str = "top",
+                keys_layout: str = "hnrd",
                 implementation: str = "auto") -> tuple[jax.Array, jax.Array]:
     """TDQKR top-``topk`` with per-core scores (see the module docstring).
 
     ``rank1`` = (u, t) [H, r] overrides the pre-selection vectors (default
     ``tucker_rank1(cores)``). ``preselect``: "top" keeps the k_s rows with the largest S_row u
     (the papers' filter); "abs" keeps the k_s largest |S_row u|, which also finds cells whose
-    two factors are both large and negative (same cost; an option of this library). Returns (scores [..., H, topk, h_c] ordered by descending summed
-    score, indices [..., H, topk] int32 = row * n + col).
+    two factors are both large and negative (same cost; an option of this library).
+    ``keys_layout``: "hnrd" (keys [H, n, r, Dk]) or "hrnd" (keys [H, r, n, Dk], read without a
+    relayout copy by the XLA path; the kernels get them swapped back). Returns (scores [..., H,
+    topk, h_c] ordered by descending summed score, indices [..., H, topk] int32 = row * n + col).
     """
     check_implementation("tucker_topk", implementation)
+    if keys_layout not in KEYS_LAYOUTS:
+        raise ValueError(f"tucker_topk: keys_layout={keys_layout!r} is not one of {KEYS_LAYOUTS}")
     for a, b, what in ((q_row, q_col, "queries"), (k_row, k_col, "keys")):
         if a.shape != b.shape:
             raise ValueError(f"tucker_topk: row and column {what} differ in shape: {a.shape} vs "
                              f"{b.shape}")
-    check_tucker_args(q_row.shape, k_row.shape, cores.shape, topk_side=topk_side, topk=topk)
+    rank_major = keys_layout == "hrnd"
+    if rank_major and k_row.ndim != 4:
+        raise ValueError(f"tucker_topk: keys must be [H, r, n, Dk], got shape {k_row.shape}")
+    check_tucker_args(q_row.shape, _hnrd(k_row.shape, rank_major), cores.shape,
+                      topk_side=topk_side, topk=topk)
     if preselect not in PRESELECT:
         raise ValueError(f"tucker_topk: preselect={preselect!r} is not one of {PRESELECT}")
     u, t = tucker_rank1(cores) if rank1 is None else rank1
     impl = resolve_implementation(implementation, q_row, q_col, k_row, k_col, cores)
+    if impl != "xla" and rank_major:
+        k_row, k_col = (jnp.swapaxes(k, 1, 2) for k in (k_row, k_col))
     if impl != "xla":
         from kernels_pallas.pk_retrieval import api
 
@@ -112,17 +131,23 @@ def tucker_topk(q_row, q_col, k_row, k_col, cores, *, topk_side: int, topk: int,
         lead = q_row.shape[:-2]                                   # [..., H]
         return s.reshape(*lead, topk, cores.shape[0]), i.reshape(*lead, topk)
     return _tucker_topk_xla(q_row, q_col, k_row, k_col, cores, u, t, topk_side=topk_side,
-                            topk=topk, preselect=preselect)
+                            topk=topk, preselect=preselect, keys_layout=keys_layout)
 
 
-def _tucker_topk_xla(q_row, q_col, k_row, k_col, cores, u, t, *, topk_side, topk, preselect):
-    heads, n, rank, dk = k_row.shape
+def _hnrd(k_shape, rank_major: bool) -> tuple:
+    """(H, n, r, Dk) of keys in either layout."""
+    return (k_shape[0], k_shape[2], k_shape[1], k_shape[3]) if rank_major else tuple(k_shape)
+
+
+def _tucker_topk_xla(q_row, q_col, k_row, k_col, cores, u, t, *, topk_side, topk, preselect,
+                     keys_layout="hnrd"):
+    heads, n, rank, dk = _hnrd(k_row.shape, keys_layout == "hrnd")
     lead = q_row.shape[:-3]
     dt = score_dtype(q_row, k_row, cores)
     cores = cores.astype(dt)
 
     def side(q, k, vec):
-        s = jnp.einsum("thrd,hnrd->thnr", q.reshape(-1, heads, rank, dk).astype(dt),
+        s = jnp.einsum(f"thrd,{keys_layout}->thnr", q.reshape(-1, heads, rank, dk).astype(dt),
                        k.astype(dt), preferred_element_type=dt)             # [T, H, n, r]
         approx = jnp.einsum("thnr,hr->thn", s, jax.lax.stop_gradient(vec.astype(dt)))
         _, idx = top_k(jnp.abs(approx) if preselect == "abs" else approx,

@@ -1,5 +1,5 @@
-"""KV-cache sampling: greedy decoding equals step-by-step argmax of the full forward pass;
-nucleus sampling with a tiny top_p is greedy; bad arguments raise ValueError."""
+"""KV-cache sampling: greedy decoding equals step-by-step argmax of the full forward pass (also
+with UltraMemV2 layers, whose retrievals generate prepares for decoding); nucleus sampling with a tiny top_p is greedy; bad arguments raise ValueError."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +13,13 @@ from seedjax.models import LM, LMConfig
 CFG = LMConfig(d_model=32, n_layers=2, n_heads=4, mlp_dim=64, max_seq_len=24)
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_greedy_generation_matches_full_forward_argmax(scan):
-    model = LM(CFG.replace(scan_layers=scan), rngs=nnx.Rngs(0))
+MEMORY = dict(memory="ultramem_v2", memory_layers="1:1",
+              memory_kwargs={"n_keys": 4, "k_dim": 8, "topk": 4, "v_dim": 8, "p_dim": 4})
+
+
+@pytest.mark.parametrize("scan,memory", [(False, {}), (True, {}), (False, MEMORY)])
+def test_greedy_generation_matches_full_forward_argmax(scan, memory):
+    model = LM(CFG.replace(scan_layers=scan, **memory), rngs=nnx.Rngs(0))
     prompt = jnp.array([[10, 20, 30], [40, 50, 60]], jnp.int32)
     out = np.asarray(generate(model, prompt, 8, temperature=0.0))
     assert out.shape == (2, 11)

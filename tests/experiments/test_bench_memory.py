@@ -78,8 +78,16 @@ def test_memory_subcommand_tiny(tmp_path):
     match = result["matching"]
     assert all(match["flops_within_tol"].values()) and match["moe_params_within_tol"]
     assert all(match["param_ratio_in_range"].values())
+    # floors: memory arms' (dense + top-k) / dense > 1, the MoE's expert GEMMs > 0 s; the
+    # prepared decode constants leave the memory layers' outputs unchanged
+    floors = {r["model"]: r for r in result["rows"] if "floor_s" in r and r["batch"] == 2}
+    assert set(floors) == {"ultramem_v2", "ultramem", "moe"}
+    assert all(r["floor_s"] > 0 for r in floors.values())
+    assert floors["ultramem_v2"]["floor_vs_dense"] > 1 and floors["moe"]["floor_vs_roofline"] > 0
+    assert max(result["prepared_vs_parameters_max_abs_diff"].values()) < 1e-5
     md = (tmp_path / "memory.md").read_text()
     assert "not the papers' GPU" in md and "| 2 | MoE |" in md
+    assert "## Floors" in md and "| 2 | MoE | batched expert GEMMs alone |" in md
     assert (tmp_path / "memory.png").stat().st_size > 0
 
 

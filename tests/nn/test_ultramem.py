@@ -4,7 +4,8 @@ MCS slice weighting; PEER coefficients; finite-difference gradients (float64) to
 keys, cores, values and pre-values; V2 sharing with g = 1 equals per-layer tables and the
 sharing windows match V2 Table 7; init presets (calibrated mean score 1, eq. 26's worked
 example); Tucker penalty known values; skip-layer wiring by construction; loop == scan with
-shared tables; config errors name the field."""
+shared tables; prepared decode constants give the same outputs and are dropped by release;
+config errors name the field."""
 import dataclasses
 
 import jax
@@ -14,8 +15,9 @@ import pytest
 from flax import nnx
 
 from seedjax.models import LM, LMConfig
-from seedjax.nn.memory import (SharedValueTables, UltraMem, UltraMemConfig, UltraMemV2,
-                               UltraMemV2Config, shared_tables)
+from seedjax.nn.memory import (DecodeConstant, SharedValueTables, UltraMem, UltraMemConfig,
+                               UltraMemV2, UltraMemV2Config, prepare_decode, release_decode,
+                               shared_tables)
 from seedjax.nn.memory.tdqkr import TDQKRConfig, TuckerRetrieval
 from seedjax.nn.memory.ultramem_v2 import eq26_value_std
 from seedjax.nn.params import param_metadata
@@ -265,6 +267,29 @@ def test_v2_every_block_loop_equals_scan_with_shared_tables():
     g_tables = grads["memory_tables"]["values"][...]
     assert float(jnp.abs(g_tables).sum()) > 0
     assert float(jnp.abs(grads["layers"]["blocks"][3]["memory"]["retrieval"]["keys"][...]).sum()) > 0
+
+
+@pytest.mark.parametrize("cls,cfg", [(UltraMem, V1), (UltraMemV2, V2)])
+def test_prepared_decode_constants_give_the_same_outputs(cls, cfg):
+    """prepare_decode stores the normalised rank-major keys and the rank-1 vectors; calls (eager
+    and jitted through split/merge) equal the parameter path; keys get no gradient while
+    prepared (inference only) and do again after release_decode."""
+    m = cls(cfg, rngs=nnx.Rngs(0))
+    x = jnp.asarray(_x())
+    want = m(x)
+    assert prepare_decode(m) == 1 and prepare_decode(m) == 0       # idempotent
+    assert isinstance(m.retrieval.decode_row_keys, DecodeConstant)
+    n, r, dk = m.retrieval.config.n_keys, m.retrieval.config.rank, m.retrieval.config.k_dim
+    for keys in (m.retrieval.decode_row_keys, m.retrieval.decode_col_keys):
+        assert keys[...].shape == (m.retrieval.config.heads, r, n, dk)
+    np.testing.assert_allclose(m(x), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(nnx.jit(lambda mod, x: mod(x))(m, x), want, rtol=1e-6,
+                               atol=1e-6)
+    key_grad = lambda mod: nnx.grad(lambda mod: jnp.sum(mod(x) ** 2))(mod)["retrieval"]["keys"]
+    assert float(jnp.abs(key_grad(m)[...]).sum()) == 0
+    release_decode(m)
+    assert m.retrieval.decode_row_keys is None
+    assert float(jnp.abs(key_grad(m)[...]).sum()) > 0
 
 
 def test_config_errors_name_the_field():

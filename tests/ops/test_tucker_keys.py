@@ -42,6 +42,20 @@ def test_full_width_equals_brute_force():
     assert scores.shape == (6, 2, 10, 2) and idx.dtype == jnp.int32
 
 
+@pytest.mark.parametrize("implementation", ["xla", "interpret"])
+def test_rank_major_keys_layout_gives_the_same_retrieval(implementation):
+    """keys_layout="hrnd" ([H, r, n, Dk], the layout prepared for decoding) selects the same
+    cells with the same scores as the parameters' [H, n, r, Dk] layout, on the XLA path and
+    (swapped back) on the kernel path."""
+    qr, qc, kr, kc, cores = _inputs(2)
+    kw = dict(topk_side=5, topk=8, implementation=implementation)
+    want_s, want_i = tucker_topk(qr, qc, kr, kc, cores, **kw)
+    got_s, got_i = tucker_topk(qr, qc, jnp.swapaxes(kr, 1, 2), jnp.swapaxes(kc, 1, 2), cores,
+                               keys_layout="hrnd", **kw)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("preselect,floor,ceiling", [("top", 0.4, 0.6), ("abs", 0.9, 1.0)])
 @pytest.mark.parametrize("rank1_weight", [0.0, 0.95])
 def test_recall_against_brute_force(rank1_weight, preselect, floor, ceiling):
@@ -97,3 +111,5 @@ def test_errors_name_the_argument():
         tucker_topk(qr, qc, kr, kc, cores[:, :1], topk_side=4, topk=4)
     with pytest.raises(ValueError, match="queries must be"):
         tucker_topk(qr[..., :4], qc[..., :4], kr, kc, cores, topk_side=4, topk=4)
+    with pytest.raises(ValueError, match="keys_layout='nhrd' is not one of"):
+        tucker_topk(qr, qc, kr, kc, cores, topk_side=4, topk=4, keys_layout="nhrd")

@@ -6,12 +6,14 @@ from seedjax.nn.memory.peer import PEER, PEERConfig
 from seedjax.nn.memory.pk_common import ProductKeyRetrieval
 from seedjax.nn.memory.product_key import PKMConfig, ProductKeyMemory
 from seedjax.nn.memory.sharing import SHARING, shared_tables
-from seedjax.nn.memory.tdqkr import TDQKRConfig, TuckerRetrieval
+from seedjax.nn.memory.tdqkr import (DecodeConstant, TDQKRConfig, TuckerRetrieval,
+                                     prepare_decode, release_decode)
 from seedjax.nn.memory.ultramem import UltraMem, UltraMemConfig
 from seedjax.nn.memory.ultramem_v2 import (SharedValueTables, UltraMemV2, UltraMemV2Config,
                                            shared_value_std)
 
-__all__ = ["MemoryPlus", "MemoryPlusConfig", "PEER", "PEERConfig", "PKMConfig",
+__all__ = ["DecodeConstant", "MemoryPlus", "MemoryPlusConfig", "PEER", "PEERConfig", "PKMConfig",
            "ProductKeyMemory", "ProductKeyRetrieval", "SHARING", "SharedValueTables",
            "TDQKRConfig", "TuckerRetrieval", "UltraMem", "UltraMemConfig", "UltraMemV2",
-           "UltraMemV2Config", "shared_tables", "shared_value_std"]
+           "UltraMemV2Config", "prepare_decode", "release_decode", "shared_tables",
+           "shared_value_std"]

@@ -36,6 +36,17 @@ Parameters (logical axes; optimizer labels):
 
 Shapes: ``__call__(x [..., T, D])`` -> (scores [..., T, H, m, h_c] float32, grid indices
 [..., T, H, m] int32 in [0, n^2)). The conv runs along axis -2 (time) and needs full sequences.
+
+Decoding (inference only): ``prepare_decode()`` does the retrieval's weight-only work once and
+stores it as ``DecodeConstant`` variables: the key LayerNorm, the row and column keys as two
+rank-major [H, r, n, Dk] arrays that the score product reads without a relayout copy, and the
+cores' rank-1 vectors (an SVD). Calls then skip that work (same outputs); no gradient reaches keys or
+cores' pre-selection through the stored copies, and they do not follow later parameter
+updates, so call it after the weights are final and ``release_decode()`` before training. The
+module-level ``prepare_decode(model)`` / ``release_decode(model)`` do every retrieval of a
+model; ``seedjax.eval.sampling.generate`` prepares them before its decode loop. On CPU this
+took UltraMemV2's one-call decode at d = 512 from 1.49x to 1.05x the dense FFN at B = 1
+(``results/bench/memory.md``).
 """
 from __future__ import annotations
 
@@ -50,12 +61,17 @@ from flax import nnx
 
 from seedjax.nn.linear import project
 from seedjax.nn.params import constant_init, normal_init, param
-from seedjax.ops import IMPLEMENTATIONS, tucker_topk
+from seedjax.ops import IMPLEMENTATIONS, tucker_rank1, tucker_topk
 from seedjax.ops.tucker_keys import PRESELECT
 from seedjax.validation import check_choice, check_int
 
 QUERY_MODES = ("shared_pair", "per_head", "per_rank")
 INITS = ("official", "paper")
+
+
+class DecodeConstant(nnx.Variable):
+    """A value derived from the weights alone, stored for decoding (``prepare_decode``); not a
+    parameter: optimizers and checkpoints of the parameters leave it out."""
 
 
 def uniform01_init(key, shape, dtype):
@@ -198,6 +214,21 @@ class TuckerRetrieval(nnx.Module):
                               weight_decay=False)
         else:
             self.conv = None
+        self.decode_row_keys = self.decode_col_keys = self.decode_rank1 = nnx.data(None)
+
+    def prepare_decode(self) -> None:
+        """Stores the normalised row and column keys rank-major, [H, r, n, Dk] each (two
+        arrays: an XLA slice of one would be a copy), and the rank-1
+        vectors (u, t) [H, r] as ``DecodeConstant``s, used by every later call (inference only;
+        see the module docstring)."""
+        keys = jax.lax.stop_gradient(jnp.swapaxes(self.normalized_keys(), 2, 3))
+        self.decode_row_keys = nnx.data(DecodeConstant(keys[:, 0]))         # [H, r, n, Dk]
+        self.decode_col_keys = nnx.data(DecodeConstant(keys[:, 1]))         # columns
+        self.decode_rank1 = nnx.data(DecodeConstant(jnp.stack(tucker_rank1(self.cores[...]))))
+
+    def release_decode(self) -> None:
+        """Drops the decode constants: calls read the parameters again (training path)."""
+        self.decode_row_keys = self.decode_col_keys = self.decode_rank1 = nnx.data(None)
 
     def queries(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x [..., T, D] -> (q_row, q_col) [..., T, H, r, Dk] in float32 (or wider)."""
@@ -229,9 +260,14 @@ class TuckerRetrieval(nnx.Module):
         """x [..., T, D] -> (scores [..., T, H, m, h_c], grid indices [..., T, H, m])."""
         c = self.config
         q_row, q_col = self.queries(x)
+        kw = dict(topk_side=c.topk_side, topk=c.topk, preselect=c.preselect,
+                  implementation=c.implementation)
+        if self.decode_row_keys is not None:
+            u, t = self.decode_rank1[...]
+            return tucker_topk(q_row, q_col, self.decode_row_keys[...], self.decode_col_keys[...],
+                               self.cores[...], rank1=(u, t), keys_layout="hrnd", **kw)
         k = self.normalized_keys()
-        return tucker_topk(q_row, q_col, k[:, 0], k[:, 1], self.cores[...], topk_side=c.topk_side,
-                           topk=c.topk, preselect=c.preselect, implementation=c.implementation)
+        return tucker_topk(q_row, q_col, k[:, 0], k[:, 1], self.cores[...], **kw)
 
     def singular_values(self) -> jax.Array:
         """Singular values [H, r] of each head's summed core (descending)."""
@@ -259,6 +295,27 @@ class TuckerRetrieval(nnx.Module):
         factor = jax.lax.rsqrt(jnp.maximum(mean, 1e-6))
         self.query_scale[...] = self.query_scale[...] * factor.astype(self.query_scale.dtype)
         return _selected_score_stats(self, x)[1]
+
+
+def _retrievals(model: nnx.Module):
+    return [m for _, m in nnx.iter_graph(model) if isinstance(m, TuckerRetrieval)]
+
+
+def prepare_decode(model: nnx.Module) -> int:
+    """``TuckerRetrieval.prepare_decode`` on every retrieval of ``model`` that is not prepared
+    yet (inference only). Returns how many were prepared. Retrievals inside a scanned layer
+    stack (``LMConfig.scan_layers``) are stacked state, not modules, and keep the parameter
+    path."""
+    todo = [r for r in _retrievals(model) if r.decode_row_keys is None]
+    for r in todo:
+        r.prepare_decode()
+    return len(todo)
+
+
+def release_decode(model: nnx.Module) -> None:
+    """``TuckerRetrieval.release_decode`` on every retrieval of ``model``."""
+    for r in _retrievals(model):
+        r.release_decode()
 
 
 @nnx.jit
