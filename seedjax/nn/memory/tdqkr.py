@@ -45,8 +45,8 @@ cores' pre-selection through the stored copies, and they do not follow later par
 updates, so call it after the weights are final and ``release_decode()`` before training. The
 module-level ``prepare_decode(model)`` / ``release_decode(model)`` do every retrieval of a
 model; ``seedjax.eval.sampling.generate`` prepares them before its decode loop. On CPU this
-took UltraMemV2's one-call decode at d = 512 from 1.49x to 1.05x the dense FFN at B = 1
-(``results/bench/memory.md``).
+took one-call decode at B = 1 from 2.14x / 3.11x to 1.18x / 1.02x the dense FFN (UltraMemV2 /
+UltraMem at d = 1024; ``results/bench/README.md``).
 """
 from __future__ import annotations
 
