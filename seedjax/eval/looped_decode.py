@@ -67,6 +67,7 @@ from flax import nnx
 from seedjax.eval.sampling import sample_logits
 from seedjax.nn.attention import KVCache
 from seedjax.nn.looped import check_loops, exit_readout, resolve_rule, threshold_exit_steps
+from seedjax.nn.memory import prepare_decode
 from seedjax.nn.partitioning import constrain
 
 KV_POLICIES = ("full_per_depth", "last_available", "final_exit_shared")
@@ -328,6 +329,7 @@ def _generate(graphdef, state, prompt, prompt_mask, key, forced=None, *, steps, 
     """forced [B, steps] (teacher forcing): token j of the continuation is forced[:, j] instead of
     a sample; the logits that predicted it are returned as usual."""
     model = nnx.merge(graphdef, state)
+    prepare_decode(model)             # memory layers' weight-only retrieval work, once
     b, p = prompt.shape
     total = p + steps
     loops = spec.loops
