@@ -3,7 +3,9 @@ Fig. 1/6c/7). For one width: a dense SwiGLU FFN, an UltraMemV2 and an UltraMem l
 the dense FFN's activated FLOPs/token and ~11x its parameters, and a fine-grained MoE of the same
 total parameters and activated FLOPs (``design_memory_bench``); the time of one forward call on
 x [B, 1, d] (a decode step) for each B beside the cost model's weight bytes and FLOPs per step
-(``seedjax/train/memory_cost.py``); JSON, markdown and memory.png (``bench_memory``).
+(``seedjax/train/memory_cost.py``); the memory layers run prepared for decoding
+(``prepared_for_decode``), and the backend's floors (``bench_floors``) are timed in the same
+rounds; JSON, markdown and memory.png (``bench_memory``).
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import os
 import time
 
 from experiments.bench_common import machine as _machine
-from experiments.bench_floors import add_floors, floor_functions, floors_markdown
 from experiments.bench_common import median_time as _median_time
 from experiments.bench_common import on_cpu
 from experiments.bench_common import write_result as _write
+from experiments.bench_floors import add_floors, floor_functions, floors_markdown
 
 
 MEMORY_MODELS = ("dense", "ultramem_v2", "ultramem", "moe", "moe_gather")
