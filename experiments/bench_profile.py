@@ -163,8 +163,8 @@ def bench_decode_profile(out_dir: str, *, design: dict, batches, reps: int = 10,
     from experiments.bench_common import machine, write_result
     from flax import nnx
 
-    from experiments.bench_memory import (LABELS, _build_memory_models, decode_loop,
-                                          prepared_for_decode)
+    from experiments.bench_memory import _build_memory_models, decode_loop, prepared_for_decode
+    from experiments.bench_memory_report import LABELS
 
     models = _build_memory_models(design, jnp.float32)
     d = design["dense"]["d_model"]

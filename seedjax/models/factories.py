@@ -43,8 +43,9 @@ def layernorm(cfg: LMConfig, dim: int, *, rngs: nnx.Rngs, use_bias: bool = True)
 def attention(cfg: LMConfig, layer_idx: int, *, rngs: nnx.Rngs,
               causal_chunk: int = CAUSAL_CHUNK):
     """``model.mixer_kwargs``: ``causal_chunk`` (query block of the block-skipping causal
-    attention in training; smaller wastes fewer masked scores but traces more blocks; 128 and
-    256 gave the same `small` step on a quiet CPU, results/bench/README.md)."""
+    attention in training; smaller wastes fewer masked scores but traces more blocks; the
+    `small` config uses 128 at T = 512: its attention core 163 -> 133 ms per layer on CPU,
+    the whole step ~1%, results/bench/README.md)."""
     return CausalSelfAttention(
         cfg.d_model, cfg.n_heads, kv_heads=cfg.kv_heads, head_dim=cfg.resolved_head_dim,
         rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm, init_std=cfg.init_std,
